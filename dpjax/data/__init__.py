@@ -1,0 +1,1 @@
+"""Demonstration datasets: RLDS episodes stored as TFDS array_record, windows, normalizer."""

@@ -1,0 +1,1 @@
+"""Tasks with scripted experts: a pure-JAX multimodal task, PushT, Meta-World."""

@@ -1,0 +1,1 @@
+"""Flax modules: embeddings, observation encoders and denoisers."""
