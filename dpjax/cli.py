@@ -15,9 +15,7 @@ import sys
 from dpjax.errors import DpjaxError
 
 # Module paths, each with a `register(subparsers)` function. Order = order in --help.
-COMMAND_MODULES: tuple[str, ...] = (
-    "dpjax.commands.sample",
-)
+COMMAND_MODULES: tuple[str, ...] = ("dpjax.commands.sample",)
 
 
 def build_parser() -> argparse.ArgumentParser:
