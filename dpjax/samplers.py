@@ -1,0 +1,500 @@
+"""Samplers: the reverse process as one `jax.lax.scan` over precomputed per-step coefficients.
+
+A denoiser is seen only as `denoise_fn(x_t (B, ...), t (B,) int32) -> model_output (B, ...)`,
+where x_t is always the variance-preserving noisy sample the denoiser was trained on.
+
+Every method is a `SamplerMethod`: a function giving the training timesteps at which the
+denoiser is evaluated (one evaluation per scan iteration), a function giving a table of
+per-iteration coefficients (arrays of shape (S,), S = number of evaluations), and a pure
+`update` that advances the scan carry from one denoiser output. `sample` builds the table,
+then runs one scan; nothing runs in Python per step, and the step count only changes array
+lengths, so compile time does not grow with it. Adding a sampler = writing those three
+functions and calling `register_sampler` (see README).
+
+Randomness: the noise of evaluation i is `jax.random.normal(jax.random.split(key, S)[i], x.shape)`;
+it is drawn only by stochastic methods (ddpm, ddim with eta > 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dpjax.errors import ConfigError, unknown_name
+from dpjax.schedules import PREDICTION_TYPES, NoiseSchedule, x0_and_eps_from_output
+
+DenoiseFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
+Carry = dict[str, jnp.ndarray]
+Row = Mapping[str, jnp.ndarray]
+
+TIMESTEP_SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace")
+VARIANCE_TYPES: tuple[str, ...] = ("fixed_small", "fixed_large")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerOptions:
+    """Static (compile-time) sampler options; hashable, so compiled samplers can be cached."""
+
+    method: str = "ddim"
+    num_inference_steps: int = 10
+    prediction_type: str = "epsilon"
+    clip_sample: float | None = None
+    timestep_spacing: str = "trailing"
+    eta: float = 0.0
+    variance_type: str = "fixed_small"
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerMethod:
+    """The extension point: one sampler = these functions.
+
+    timesteps(T, N, spacing) -> np.ndarray (S,) int: training timesteps evaluated, in order.
+    coefficients(schedule, timesteps, options) -> dict of (S,) arrays: one row per evaluation.
+    init(x_T, first_row) -> carry (a dict holding at least "x").
+    model_input(carry, row) -> the variance-preserving x_t handed to the denoiser.
+    update(carry, model_output, row, noise, options) -> carry; `noise` is None unless
+        `is_stochastic(options)`.
+    """
+
+    timesteps: Callable[[int, int, str], np.ndarray]
+    coefficients: Callable[[NoiseSchedule, np.ndarray, SamplerOptions], dict[str, jnp.ndarray]]
+    update: Callable[[Carry, jnp.ndarray, Row, jnp.ndarray | None, SamplerOptions], Carry]
+    init: Callable[[jnp.ndarray, Row], Carry] = lambda x_T, row: {"x": x_T}
+    model_input: Callable[[Carry, Row], jnp.ndarray] = lambda carry, row: carry["x"]
+    is_stochastic: Callable[[SamplerOptions], bool] = lambda options: False
+    # The N-step grid `timesteps` is built on, when it repeats timesteps (Heun's stages).
+    step_grid: Callable[[int, int, str], np.ndarray] | None = None
+
+
+_SAMPLERS: dict[str, SamplerMethod] = {}
+
+
+def register_sampler(name: str, method: SamplerMethod) -> None:
+    """Makes `method` available as `sample(..., method=name)`."""
+    _SAMPLERS[name] = method
+
+
+def sampler_names() -> tuple[str, ...]:
+    return tuple(sorted(_SAMPLERS))
+
+
+def get_sampler(name: str) -> SamplerMethod:
+    if name not in _SAMPLERS:
+        raise unknown_name("sampler", name, _SAMPLERS)
+    return _SAMPLERS[name]
+
+
+# --------------------------------------------------------------------------- timesteps
+
+
+def spaced_timesteps(num_train_timesteps: int, num_inference_steps: int, spacing: str):
+    """N training timesteps, descending, as diffusers' DDPM/DDIM/Euler `set_timesteps` space them.
+
+    linspace: round(linspace(0, T-1, N)); leading: arange(N) * (T // N); trailing:
+    round(arange(T, 0, -T/N)) - 1, keeping the first N values: numpy's float `arange` yields
+    N + 1 values for some N (e.g. T=100, N=29), where diffusers then visits N + 1 timesteps,
+    the last being -1; dpjax always visits N.
+    """
+    T, N = num_train_timesteps, num_inference_steps
+    if spacing == "linspace":
+        ts = np.linspace(0, T - 1, N).round()[::-1]
+    elif spacing == "leading":
+        ts = (np.arange(N) * (T // N))[::-1]
+    elif spacing == "trailing":
+        ts = np.round(np.arange(T, 0, -T / N)[:N]) - 1
+    else:
+        raise unknown_name("timestep_spacing", spacing, TIMESTEP_SPACINGS)
+    return ts.astype(np.int64)
+
+
+def multistep_timesteps(num_train_timesteps: int, num_inference_steps: int, spacing: str):
+    """DPM-Solver's spacing: linspace/leading over N + 1 points with the last one dropped."""
+    T, N = num_train_timesteps, num_inference_steps
+    if spacing == "linspace":
+        ts = np.linspace(0, T - 1, N + 1).round()[::-1][:-1]
+    elif spacing == "leading":
+        ts = (np.arange(N + 1) * (T // (N + 1)))[::-1][:-1]
+    else:
+        ts = spaced_timesteps(T, N, spacing)
+    return ts.astype(np.int64)
+
+
+def _check_timesteps(ts: np.ndarray, options: SamplerOptions, T: int) -> None:
+    if ts.size == 0 or ts.min() < 0 or ts.max() > T - 1 or np.any(np.diff(ts) >= 0):
+        raise ConfigError(
+            f"timestep_spacing={options.timestep_spacing!r} with {options.num_inference_steps} "
+            f"steps over {T} training timesteps visits {ts.tolist()[:8]}..., which is not "
+            "strictly decreasing within [0, T-1]; use timestep_spacing='trailing' or fewer steps"
+        )
+
+
+def timesteps(
+    schedule: NoiseSchedule | int,
+    method: str,
+    num_inference_steps: int,
+    timestep_spacing: str = "trailing",
+) -> np.ndarray:
+    """The training timesteps at which `method` evaluates the denoiser, in order (int64)."""
+    T = schedule if isinstance(schedule, int) else schedule.num_train_timesteps
+    options = SamplerOptions(
+        method=method, num_inference_steps=num_inference_steps, timestep_spacing=timestep_spacing
+    )
+    validate_options(options, T)
+    return get_sampler(method).timesteps(T, num_inference_steps, timestep_spacing)
+
+
+def num_denoiser_evaluations(method: str, num_inference_steps: int, T: int = 1000) -> int:
+    return len(get_sampler(method).timesteps(T, num_inference_steps, "trailing"))
+
+
+def validate_options(options: SamplerOptions, num_train_timesteps: int) -> None:
+    """Raises ConfigError/UnknownNameError for options that cannot work; checks the timesteps."""
+    method = get_sampler(options.method)
+    n = options.num_inference_steps
+    if not isinstance(n, int | np.integer) or not 1 <= n <= num_train_timesteps:
+        raise ConfigError(
+            f"num_inference_steps must be an int in [1, {num_train_timesteps}] "
+            f"(the training timesteps), got {n!r}"
+        )
+    if options.prediction_type not in PREDICTION_TYPES:
+        raise unknown_name("prediction type", options.prediction_type, PREDICTION_TYPES)
+    if options.timestep_spacing not in TIMESTEP_SPACINGS:
+        raise unknown_name("timestep_spacing", options.timestep_spacing, TIMESTEP_SPACINGS)
+    if options.variance_type not in VARIANCE_TYPES:
+        raise unknown_name("variance_type", options.variance_type, VARIANCE_TYPES)
+    if options.clip_sample is not None and not options.clip_sample > 0:
+        raise ConfigError(f"clip_sample must be None or > 0, got {options.clip_sample}")
+    if not 0.0 <= options.eta <= 1.0:
+        raise ConfigError(f"eta must be in [0, 1], got {options.eta}")
+    grid = method.step_grid or method.timesteps
+    _check_timesteps(
+        grid(num_train_timesteps, n, options.timestep_spacing), options, num_train_timesteps
+    )
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def _gather(values: jnp.ndarray, index: np.ndarray, fill: float) -> jnp.ndarray:
+    """values[index] with `fill` where index < 0 (the step that lands on x_0)."""
+    picked = values[np.maximum(index, 0)]
+    return jnp.where(jnp.asarray(index >= 0), picked, jnp.asarray(fill, values.dtype))
+
+
+def _next_timesteps(ts: np.ndarray) -> np.ndarray:
+    return np.concatenate([ts[1:], [-1]])
+
+
+def _predict_x0_eps(model_output, x_t, row: Row, options: SamplerOptions):
+    """(clipped x0, eps) from the output at a VP sample with sqrt(abar) = row['sqrt_abar']."""
+    x0, eps = x0_and_eps_from_output(
+        model_output, x_t, row["sqrt_abar"], row["sqrt_one_minus_abar"], options.prediction_type
+    )
+    if options.clip_sample is not None:
+        x0 = jnp.clip(x0, -options.clip_sample, options.clip_sample)
+    return x0, eps
+
+
+def _vp_coefficients(alphas_cumprod: jnp.ndarray) -> dict[str, jnp.ndarray]:
+    return {
+        "sqrt_abar": jnp.sqrt(alphas_cumprod),
+        "sqrt_one_minus_abar": jnp.sqrt(1 - alphas_cumprod),
+    }
+
+
+# --------------------------------------------------------------------------- DDPM
+
+
+def _ddpm_coefficients(schedule: NoiseSchedule, ts: np.ndarray, options: SamplerOptions):
+    """Strided DDPM posterior q(x_prev | x_t, x0) between consecutive visited timesteps."""
+    prev = _next_timesteps(ts)
+    abar_t = schedule.alphas_cumprod[ts]
+    abar_prev = _gather(schedule.alphas_cumprod, prev, 1.0)
+    alpha_t = abar_t / abar_prev
+    beta_t = 1.0 - alpha_t
+    if options.variance_type == "fixed_small":
+        variance = jnp.maximum((1.0 - abar_prev) / (1.0 - abar_t) * beta_t, 1e-20)
+    else:
+        variance = beta_t
+    # No noise on the step that lands on x_0 (diffusers adds fixed_large noise there when t > 0).
+    noise_std = jnp.where(jnp.asarray(prev >= 0), jnp.sqrt(variance), 0.0)
+    return {
+        **_vp_coefficients(abar_t),
+        "coef_x0": jnp.sqrt(abar_prev) * beta_t / (1.0 - abar_t),
+        "coef_xt": jnp.sqrt(alpha_t) * (1.0 - abar_prev) / (1.0 - abar_t),
+        "noise_std": noise_std,
+    }
+
+
+def _ddpm_update(carry, model_output, row, noise, options):
+    x = carry["x"]
+    x0, _ = _predict_x0_eps(model_output, x, row, options)
+    mean = row["coef_x0"] * x0 + row["coef_xt"] * x
+    return {"x": mean + row["noise_std"] * noise}
+
+
+# --------------------------------------------------------------------------- DDIM
+
+
+def _ddim_coefficients(schedule: NoiseSchedule, ts: np.ndarray, options: SamplerOptions):
+    """DDIM between consecutive visited timesteps; abar of the final target is 1."""
+    abar_t = schedule.alphas_cumprod[ts]
+    abar_prev = _gather(schedule.alphas_cumprod, _next_timesteps(ts), 1.0)
+    variance = (1.0 - abar_prev) / (1.0 - abar_t) * (1.0 - abar_t / abar_prev)
+    std = options.eta * jnp.sqrt(variance)
+    return {
+        **_vp_coefficients(abar_t),
+        "coef_x0": jnp.sqrt(abar_prev),
+        "coef_eps": jnp.sqrt(jnp.maximum(1.0 - abar_prev - std**2, 0.0)),
+        "noise_std": std,
+    }
+
+
+def _ddim_update(carry, model_output, row, noise, options):
+    x0, eps = _predict_x0_eps(model_output, carry["x"], row, options)
+    x = row["coef_x0"] * x0 + row["coef_eps"] * eps
+    if noise is not None:
+        x = x + row["noise_std"] * noise
+    return {"x": x}
+
+
+# --------------------------------------------------------------------------- DPM-Solver++ (2M)
+
+
+def _alpha_sigma_lambda(sigma_ve: jnp.ndarray):
+    """VP (alpha, sigma) and half-log-SNR lambda for VE noise levels (sigma_ve = 0 allowed)."""
+    alpha = 1.0 / jnp.sqrt(sigma_ve**2 + 1.0)
+    sigma = sigma_ve * alpha
+    return alpha, sigma, jnp.log(alpha) - jnp.log(sigma)
+
+
+def _dpmsolver_coefficients(schedule: NoiseSchedule, ts: np.ndarray, options: SamplerOptions):
+    """DPM-Solver++ 2M (midpoint form) in x0 space: first order at the first and last step."""
+    num_steps = len(ts)
+    sigma_ve = jnp.concatenate([schedule.sigmas[ts], jnp.zeros((1,), jnp.float32)])
+    alpha, sigma, lam = _alpha_sigma_lambda(sigma_ve)
+    h = lam[1:] - lam[:-1]
+    # lambda of the previous step, for r0 = h_prev / h; unused (masked) at step 0.
+    h_prev = jnp.concatenate([h[:1], lam[1:-1] - lam[:-2]])
+    second_order = (np.arange(num_steps) > 0) & (np.arange(num_steps) < num_steps - 1)
+    coef_x0 = -alpha[1:] * jnp.expm1(-h)
+    coef_diff = jnp.where(jnp.asarray(second_order), 0.5 * coef_x0 * h / h_prev, 0.0)
+    return {
+        **_vp_coefficients(schedule.alphas_cumprod[ts]),
+        "coef_x": sigma[1:] / sigma[:-1],
+        "coef_x0": coef_x0,
+        "coef_diff": coef_diff,
+    }
+
+
+def _dpmsolver_init(x_T, row):
+    return {"x": x_T, "prev_x0": jnp.zeros_like(x_T)}
+
+
+def _dpmsolver_update(carry, model_output, row, noise, options):
+    x0, _ = _predict_x0_eps(model_output, carry["x"], row, options)
+    x = (
+        row["coef_x"] * carry["x"]
+        + row["coef_x0"] * x0
+        + row["coef_diff"] * (x0 - carry["prev_x0"])
+    )
+    return {"x": x, "prev_x0": x0}
+
+
+# --------------------------------------------------------------------------- Euler / Heun (VE ODE)
+
+
+def _euler_like_coefficients(sigma_eval, dt, ts, schedule) -> dict[str, jnp.ndarray]:
+    """Rows for a VE-space integrator; the denoiser sees x / sqrt(sigma^2 + 1) (VP x_t)."""
+    scale_in = 1.0 / jnp.sqrt(sigma_eval**2 + 1.0)
+    return {
+        "sigma": sigma_eval,
+        "dt": dt,
+        "scale_in": scale_in,
+        "sqrt_abar": scale_in,
+        "sqrt_one_minus_abar": sigma_eval * scale_in,
+    }
+
+
+def _euler_coefficients(schedule: NoiseSchedule, ts: np.ndarray, options: SamplerOptions):
+    sigmas = jnp.concatenate([schedule.sigmas[ts], jnp.zeros((1,), jnp.float32)])
+    return _euler_like_coefficients(sigmas[:-1], sigmas[1:] - sigmas[:-1], ts, schedule)
+
+
+def _ve_init(x_T, row):
+    # N(0, I) in VP space is N(0, sigma^2 + 1) in VE space at the first noise level.
+    return {"x": x_T / row["scale_in"].astype(x_T.dtype)}
+
+
+def _ve_model_input(carry, row):
+    return carry["x"] * row["scale_in"]
+
+
+def _derivative(carry, model_output, row, options):
+    x0, _ = _predict_x0_eps(model_output, carry["x"] * row["scale_in"], row, options)
+    return (carry["x"] - x0) / row["sigma"]
+
+
+def _euler_update(carry, model_output, row, noise, options):
+    return {"x": carry["x"] + _derivative(carry, model_output, row, options) * row["dt"]}
+
+
+def _heun_timesteps(T: int, N: int, spacing: str) -> np.ndarray:
+    """[t0, t1, t1, ..., t_{N-1}, t_{N-1}]: a predictor and a corrector per step, Euler last."""
+    ts = spaced_timesteps(T, N, spacing)
+    return np.concatenate([ts[:1], np.repeat(ts[1:], 2)])
+
+
+def _heun_coefficients(schedule: NoiseSchedule, ts: np.ndarray, options: SamplerOptions):
+    # Even stages: predictor from sigma_k (Euler when it lands on 0); odd stages: corrector.
+    num_steps = len(ts[::2])
+    sigmas = jnp.concatenate([schedule.sigmas[ts[::2]], jnp.zeros((1,), jnp.float32)])
+    stage = np.arange(len(ts))
+    step = stage // 2  # both stages of step k integrate from sigmas[k] to sigmas[k + 1]
+    is_corrector = stage % 2 == 1
+    sigma_from, sigma_to = sigmas[step], sigmas[np.minimum(step + 1, num_steps)]
+    sigma_eval = jnp.where(jnp.asarray(is_corrector), sigma_to, sigma_from)
+    rows = _euler_like_coefficients(sigma_eval, sigma_to - sigma_from, ts, schedule)
+    rows["is_corrector"] = jnp.asarray(is_corrector, jnp.float32)
+    return rows
+
+
+def _heun_init(x_T, row):
+    carry = _ve_init(x_T, row)
+    return {**carry, "prev_x": carry["x"], "prev_d": jnp.zeros_like(x_T)}
+
+
+def _heun_update(carry, model_output, row, noise, options):
+    d = _derivative(carry, model_output, row, options)
+    corrector = row["is_corrector"] > 0.5
+    base = jnp.where(corrector, carry["prev_x"], carry["x"])
+    slope = jnp.where(corrector, 0.5 * (carry["prev_d"] + d), d)
+    return {
+        "x": base + slope * row["dt"],
+        "prev_x": jnp.where(corrector, carry["prev_x"], carry["x"]),
+        "prev_d": jnp.where(corrector, carry["prev_d"], d),
+    }
+
+
+register_sampler(
+    "ddpm",
+    SamplerMethod(
+        timesteps=spaced_timesteps,
+        coefficients=_ddpm_coefficients,
+        update=_ddpm_update,
+        is_stochastic=lambda options: True,
+    ),
+)
+register_sampler(
+    "ddim",
+    SamplerMethod(
+        timesteps=spaced_timesteps,
+        coefficients=_ddim_coefficients,
+        update=_ddim_update,
+        is_stochastic=lambda options: options.eta > 0,
+    ),
+)
+register_sampler(
+    "dpmsolver++",
+    SamplerMethod(
+        timesteps=multistep_timesteps,
+        coefficients=_dpmsolver_coefficients,
+        update=_dpmsolver_update,
+        init=_dpmsolver_init,
+    ),
+)
+register_sampler(
+    "euler",
+    SamplerMethod(
+        timesteps=spaced_timesteps,
+        coefficients=_euler_coefficients,
+        update=_euler_update,
+        init=_ve_init,
+        model_input=_ve_model_input,
+    ),
+)
+register_sampler(
+    "heun",
+    SamplerMethod(
+        timesteps=_heun_timesteps,
+        coefficients=_heun_coefficients,
+        update=_heun_update,
+        init=_heun_init,
+        model_input=_ve_model_input,
+        step_grid=spaced_timesteps,
+    ),
+)
+
+
+# --------------------------------------------------------------------------- the entry point
+
+
+def sample_with_options(
+    denoise_fn: DenoiseFn,
+    x_T: jnp.ndarray,
+    schedule: NoiseSchedule,
+    options: SamplerOptions,
+    key: jax.Array | None = None,
+) -> jnp.ndarray:
+    """Runs the reverse process from x_T (B, ...) ~ N(0, I) to x_0 (B, ...) in one scan."""
+    T = schedule.num_train_timesteps
+    validate_options(options, T)
+    method = get_sampler(options.method)
+    ts = method.timesteps(T, options.num_inference_steps, options.timestep_spacing)
+    rows: dict[str, Any] = {
+        k: jnp.asarray(v).astype(x_T.dtype)
+        for k, v in method.coefficients(schedule, ts, options).items()
+    }
+    rows["t"] = jnp.asarray(ts, jnp.int32)
+    stochastic = method.is_stochastic(options)
+    if stochastic:
+        if key is None:
+            raise ConfigError(f"sampler {options.method!r} with these options needs a PRNG key")
+        rows["key"] = jax.random.split(key, len(ts))
+    batch = x_T.shape[0]
+
+    def body(carry: Carry, row: Row):
+        model_output = denoise_fn(method.model_input(carry, row), jnp.full((batch,), row["t"]))
+        noise = jax.random.normal(row["key"], x_T.shape, x_T.dtype) if stochastic else None
+        new = method.update(carry, model_output.astype(x_T.dtype), row, noise, options)
+        return jax.tree.map(lambda a, b: a.astype(b.dtype), new, carry), None
+
+    first_row = jax.tree.map(lambda a: a[0], rows)
+    carry, _ = jax.lax.scan(body, method.init(x_T, first_row), rows)
+    return carry["x"]
+
+
+def sample(
+    denoise_fn: DenoiseFn,
+    x_T: jnp.ndarray,
+    schedule: NoiseSchedule,
+    *,
+    method: str = "ddim",
+    num_inference_steps: int = 10,
+    key: jax.Array | None = None,
+    prediction_type: str = "epsilon",
+    clip_sample: float | None = None,
+    timestep_spacing: str = "trailing",
+    eta: float = 0.0,
+    variance_type: str = "fixed_small",
+) -> jnp.ndarray:
+    """x_0 (B, ...) from x_T (B, ...) ~ N(0, I) with any registered method; see module doc.
+
+    Wrap in `jax.jit` (all options are static): the program holds one while loop whatever
+    `num_inference_steps` is.
+    """
+    options = SamplerOptions(
+        method=method,
+        num_inference_steps=num_inference_steps,
+        prediction_type=prediction_type,
+        clip_sample=clip_sample,
+        timestep_spacing=timestep_spacing,
+        eta=eta,
+        variance_type=variance_type,
+    )
+    return sample_with_options(denoise_fn, x_T, schedule, options, key)
