@@ -15,7 +15,11 @@ import sys
 from dpjax.errors import DpjaxError
 
 # Module paths, each with a `register(subparsers)` function. Order = order in --help.
-COMMAND_MODULES: tuple[str, ...] = ("dpjax.commands.sample",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "dpjax.commands.collect",
+    "dpjax.commands.data",
+    "dpjax.commands.sample",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

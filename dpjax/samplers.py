@@ -54,7 +54,9 @@ class SamplerMethod:
     """The extension point: one sampler = these functions.
 
     timesteps(T, N, spacing) -> np.ndarray (S,) int: training timesteps evaluated, in order.
-    coefficients(schedule, timesteps, options) -> dict of (S,) arrays: one row per evaluation.
+    coefficients(schedule, timesteps, options) -> dict of (S,) arrays: one row per evaluation,
+        computed in numpy float64 (the schedule's fields arrive as float64 numpy arrays) and
+        cast once to the sample dtype, so tables are exact and cost no XLA work.
     init(x_T, first_row) -> carry (a dict holding at least "x").
     model_input(carry, row) -> the variance-preserving x_t handed to the denoiser.
     update(carry, model_output, row, noise, options) -> carry; `noise` is None unless
@@ -62,7 +64,7 @@ class SamplerMethod:
     """
 
     timesteps: Callable[[int, int, str], np.ndarray]
-    coefficients: Callable[[NoiseSchedule, np.ndarray, SamplerOptions], dict[str, jnp.ndarray]]
+    coefficients: Callable[[NoiseSchedule, np.ndarray, SamplerOptions], dict[str, np.ndarray]]
     update: Callable[[Carry, jnp.ndarray, Row, jnp.ndarray | None, SamplerOptions], Carry]
     init: Callable[[jnp.ndarray, Row], Carry] = lambda x_T, row: {"x": x_T}
     model_input: Callable[[Carry, Row], jnp.ndarray] = lambda carry, row: carry["x"]
@@ -180,10 +182,10 @@ def validate_options(options: SamplerOptions, num_train_timesteps: int) -> None:
 # --------------------------------------------------------------------------- shared helpers
 
 
-def _gather(values: jnp.ndarray, index: np.ndarray, fill: float) -> jnp.ndarray:
+def _gather(values: np.ndarray, index: np.ndarray, fill: float) -> np.ndarray:
     """values[index] with `fill` where index < 0 (the step that lands on x_0)."""
     picked = values[np.maximum(index, 0)]
-    return jnp.where(jnp.asarray(index >= 0), picked, jnp.asarray(fill, values.dtype))
+    return np.where(np.asarray(index >= 0), picked, np.asarray(fill, values.dtype))
 
 
 def _next_timesteps(ts: np.ndarray) -> np.ndarray:
@@ -200,10 +202,10 @@ def _predict_x0_eps(model_output, x_t, row: Row, options: SamplerOptions):
     return x0, eps
 
 
-def _vp_coefficients(alphas_cumprod: jnp.ndarray) -> dict[str, jnp.ndarray]:
+def _vp_coefficients(alphas_cumprod: np.ndarray) -> dict[str, np.ndarray]:
     return {
-        "sqrt_abar": jnp.sqrt(alphas_cumprod),
-        "sqrt_one_minus_abar": jnp.sqrt(1 - alphas_cumprod),
+        "sqrt_abar": np.sqrt(alphas_cumprod),
+        "sqrt_one_minus_abar": np.sqrt(1 - alphas_cumprod),
     }
 
 
@@ -218,15 +220,15 @@ def _ddpm_coefficients(schedule: NoiseSchedule, ts: np.ndarray, options: Sampler
     alpha_t = abar_t / abar_prev
     beta_t = 1.0 - alpha_t
     if options.variance_type == "fixed_small":
-        variance = jnp.maximum((1.0 - abar_prev) / (1.0 - abar_t) * beta_t, 1e-20)
+        variance = np.maximum((1.0 - abar_prev) / (1.0 - abar_t) * beta_t, 1e-20)
     else:
         variance = beta_t
     # No noise on the step that lands on x_0 (diffusers adds fixed_large noise there when t > 0).
-    noise_std = jnp.where(jnp.asarray(prev >= 0), jnp.sqrt(variance), 0.0)
+    noise_std = np.where(np.asarray(prev >= 0), np.sqrt(variance), 0.0)
     return {
         **_vp_coefficients(abar_t),
-        "coef_x0": jnp.sqrt(abar_prev) * beta_t / (1.0 - abar_t),
-        "coef_xt": jnp.sqrt(alpha_t) * (1.0 - abar_prev) / (1.0 - abar_t),
+        "coef_x0": np.sqrt(abar_prev) * beta_t / (1.0 - abar_t),
+        "coef_xt": np.sqrt(alpha_t) * (1.0 - abar_prev) / (1.0 - abar_t),
         "noise_std": noise_std,
     }
 
@@ -246,11 +248,11 @@ def _ddim_coefficients(schedule: NoiseSchedule, ts: np.ndarray, options: Sampler
     abar_t = schedule.alphas_cumprod[ts]
     abar_prev = _gather(schedule.alphas_cumprod, _next_timesteps(ts), 1.0)
     variance = (1.0 - abar_prev) / (1.0 - abar_t) * (1.0 - abar_t / abar_prev)
-    std = options.eta * jnp.sqrt(variance)
+    std = options.eta * np.sqrt(variance)
     return {
         **_vp_coefficients(abar_t),
-        "coef_x0": jnp.sqrt(abar_prev),
-        "coef_eps": jnp.sqrt(jnp.maximum(1.0 - abar_prev - std**2, 0.0)),
+        "coef_x0": np.sqrt(abar_prev),
+        "coef_eps": np.sqrt(np.maximum(1.0 - abar_prev - std**2, 0.0)),
         "noise_std": std,
     }
 
@@ -266,24 +268,24 @@ def _ddim_update(carry, model_output, row, noise, options):
 # --------------------------------------------------------------------------- DPM-Solver++ (2M)
 
 
-def _alpha_sigma_lambda(sigma_ve: jnp.ndarray):
+def _alpha_sigma_lambda(sigma_ve: np.ndarray):
     """VP (alpha, sigma) and half-log-SNR lambda for VE noise levels (sigma_ve = 0 allowed)."""
-    alpha = 1.0 / jnp.sqrt(sigma_ve**2 + 1.0)
+    alpha = 1.0 / np.sqrt(sigma_ve**2 + 1.0)
     sigma = sigma_ve * alpha
-    return alpha, sigma, jnp.log(alpha) - jnp.log(sigma)
+    return alpha, sigma, np.log(alpha) - np.log(sigma)
 
 
 def _dpmsolver_coefficients(schedule: NoiseSchedule, ts: np.ndarray, options: SamplerOptions):
     """DPM-Solver++ 2M (midpoint form) in x0 space: first order at the first and last step."""
     num_steps = len(ts)
-    sigma_ve = jnp.concatenate([schedule.sigmas[ts], jnp.zeros((1,), jnp.float32)])
+    sigma_ve = np.concatenate([schedule.sigmas[ts], np.zeros(1)])
     alpha, sigma, lam = _alpha_sigma_lambda(sigma_ve)
     h = lam[1:] - lam[:-1]
     # lambda of the previous step, for r0 = h_prev / h; unused (masked) at step 0.
-    h_prev = jnp.concatenate([h[:1], lam[1:-1] - lam[:-2]])
+    h_prev = np.concatenate([h[:1], lam[1:-1] - lam[:-2]])
     second_order = (np.arange(num_steps) > 0) & (np.arange(num_steps) < num_steps - 1)
-    coef_x0 = -alpha[1:] * jnp.expm1(-h)
-    coef_diff = jnp.where(jnp.asarray(second_order), 0.5 * coef_x0 * h / h_prev, 0.0)
+    coef_x0 = -alpha[1:] * np.expm1(-h)
+    coef_diff = np.where(np.asarray(second_order), 0.5 * coef_x0 * h / h_prev, 0.0)
     return {
         **_vp_coefficients(schedule.alphas_cumprod[ts]),
         "coef_x": sigma[1:] / sigma[:-1],
@@ -309,9 +311,9 @@ def _dpmsolver_update(carry, model_output, row, noise, options):
 # --------------------------------------------------------------------------- Euler / Heun (VE ODE)
 
 
-def _euler_like_coefficients(sigma_eval, dt, ts, schedule) -> dict[str, jnp.ndarray]:
+def _euler_like_coefficients(sigma_eval, dt, ts, schedule) -> dict[str, np.ndarray]:
     """Rows for a VE-space integrator; the denoiser sees x / sqrt(sigma^2 + 1) (VP x_t)."""
-    scale_in = 1.0 / jnp.sqrt(sigma_eval**2 + 1.0)
+    scale_in = 1.0 / np.sqrt(sigma_eval**2 + 1.0)
     return {
         "sigma": sigma_eval,
         "dt": dt,
@@ -322,7 +324,7 @@ def _euler_like_coefficients(sigma_eval, dt, ts, schedule) -> dict[str, jnp.ndar
 
 
 def _euler_coefficients(schedule: NoiseSchedule, ts: np.ndarray, options: SamplerOptions):
-    sigmas = jnp.concatenate([schedule.sigmas[ts], jnp.zeros((1,), jnp.float32)])
+    sigmas = np.concatenate([schedule.sigmas[ts], np.zeros(1)])
     return _euler_like_coefficients(sigmas[:-1], sigmas[1:] - sigmas[:-1], ts, schedule)
 
 
@@ -353,14 +355,14 @@ def _heun_timesteps(T: int, N: int, spacing: str) -> np.ndarray:
 def _heun_coefficients(schedule: NoiseSchedule, ts: np.ndarray, options: SamplerOptions):
     # Even stages: predictor from sigma_k (Euler when it lands on 0); odd stages: corrector.
     num_steps = len(ts[::2])
-    sigmas = jnp.concatenate([schedule.sigmas[ts[::2]], jnp.zeros((1,), jnp.float32)])
+    sigmas = np.concatenate([schedule.sigmas[ts[::2]], np.zeros(1)])
     stage = np.arange(len(ts))
     step = stage // 2  # both stages of step k integrate from sigmas[k] to sigmas[k + 1]
     is_corrector = stage % 2 == 1
     sigma_from, sigma_to = sigmas[step], sigmas[np.minimum(step + 1, num_steps)]
-    sigma_eval = jnp.where(jnp.asarray(is_corrector), sigma_to, sigma_from)
+    sigma_eval = np.where(np.asarray(is_corrector), sigma_to, sigma_from)
     rows = _euler_like_coefficients(sigma_eval, sigma_to - sigma_from, ts, schedule)
-    rows["is_corrector"] = jnp.asarray(is_corrector, jnp.float32)
+    rows["is_corrector"] = np.asarray(is_corrector, np.float32)
     return rows
 
 
@@ -434,6 +436,30 @@ register_sampler(
 # --------------------------------------------------------------------------- the entry point
 
 
+def _concrete_schedule(schedule: NoiseSchedule) -> NoiseSchedule:
+    """The schedule as float64 numpy arrays; schedules are static data, not traced values."""
+    try:
+        return jax.tree.map(lambda a: np.asarray(a, np.float64), schedule)
+    except jax.errors.TracerArrayConversionError as e:
+        raise ConfigError(
+            "the noise schedule must be concrete: close over it (or mark it static) instead "
+            "of passing it as a traced argument of jax.jit/vmap"
+        ) from e
+
+
+def coefficient_table(
+    schedule: NoiseSchedule, options: SamplerOptions
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(timesteps (S,), {name: (S,) float64}) that `sample_with_options` scans over."""
+    T = schedule.num_train_timesteps
+    validate_options(options, T)
+    method = get_sampler(options.method)
+    ts = method.timesteps(T, options.num_inference_steps, options.timestep_spacing)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        rows = method.coefficients(_concrete_schedule(schedule), ts, options)
+    return ts, {k: np.asarray(v, np.float64) for k, v in rows.items()}
+
+
 def sample_with_options(
     denoise_fn: DenoiseFn,
     x_T: jnp.ndarray,
@@ -442,14 +468,9 @@ def sample_with_options(
     key: jax.Array | None = None,
 ) -> jnp.ndarray:
     """Runs the reverse process from x_T (B, ...) ~ N(0, I) to x_0 (B, ...) in one scan."""
-    T = schedule.num_train_timesteps
-    validate_options(options, T)
     method = get_sampler(options.method)
-    ts = method.timesteps(T, options.num_inference_steps, options.timestep_spacing)
-    rows: dict[str, Any] = {
-        k: jnp.asarray(v).astype(x_T.dtype)
-        for k, v in method.coefficients(schedule, ts, options).items()
-    }
+    ts, table = coefficient_table(schedule, options)
+    rows: dict[str, Any] = {k: jnp.asarray(v, x_T.dtype) for k, v in table.items()}
     rows["t"] = jnp.asarray(ts, jnp.int32)
     stochastic = method.is_stochastic(options)
     if stochastic:

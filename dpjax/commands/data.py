@@ -1,0 +1,67 @@
+"""`dpjax data info DIR`: what a dpjax or RLDS/TFDS dataset holds."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("data", help="inspect datasets")
+    actions = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    info = actions.add_parser("info", help="episodes, steps, shapes, statistics of a dataset")
+    info.add_argument("directory", metavar="DIR")
+    info.add_argument("--split", default="train")
+    info.set_defaults(func=run_info)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from dpjax.data import load_dataset
+
+    dataset = load_dataset(args.directory, split=args.split)
+    for line in describe(dataset):
+        print(line)
+    return 0
+
+
+def describe(dataset) -> list[str]:
+    """The lines `dpjax data info` prints."""
+    from dpjax.data.stats import format_stats
+
+    stats = dataset.stats
+    lines = [
+        f"dataset: {dataset.path}",
+        f"name: {dataset.name}   format: {dataset.file_format}   split: {dataset.split}"
+        f"   {'dpjax' if dataset.is_dpjax else 'foreign RLDS/TFDS'}",
+        f"episodes: {len(dataset)}",
+    ]
+    if stats is not None:
+        lengths = stats.episode_lengths
+        lines.append(
+            f"steps: {stats.num_steps} (episode length min {min(lengths)}, "
+            f"mean {stats.num_steps / len(lengths):.1f}, max {max(lengths)})"
+        )
+    lines.append("step keys (per-step shape, dtype):")
+    lines += [f"  {k}: {tuple(shape)} {dtype}" for k, (shape, dtype) in dataset.spec.items()]
+    if stats is None:
+        lines.append("statistics: none stored (not written by dpjax)")
+        return lines
+    lines.append("statistics (per dimension):")
+    lines += format_stats(stats)
+    episodes = stats.info.get("episodes")
+    if episodes:
+        modes = {k: v for k, v in episodes["modes"].items() if k != "-1"}
+        lines.append(
+            f"successful episodes: {episodes['successful']}/{stats.num_episodes}"
+            + (f"   modes (mode: episodes): {modes}" if modes else "")
+        )
+    collection = stats.info.get("collection")
+    if collection:
+        lines.append(
+            f"expert: {collection['expert']}, success rate "
+            f"{collection['expert_success_rate']:.1%} "
+            f"({collection['episodes_kept']}/{collection['episodes_attempted']} episodes kept), "
+            f"expert ran at {collection['steps_per_second']:.0f} steps/s"
+        )
+    elif "source" in stats.info:
+        lines.append(f"imported from: {stats.info['source']}")
+    return lines

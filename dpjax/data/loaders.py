@@ -1,0 +1,224 @@
+"""Two batch loaders with one interface: iterating yields batches
+
+    {"observation": {name: (B, obs_horizon, ...)}, "action": (B, pred_horizon, A)}
+
+`InMemoryLoader` (the default for datasets that fit) puts every step on the device once and
+samples with the pure `sample_windows`, which a train step can call inside `jit` instead of
+iterating. `StreamingLoader` reads episodes from the TFDS data source on the host, for
+datasets that do not fit; each host (`jax.process_index()`) reads its own share of episodes.
+Image observations stay uint8 until they are on the device.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from dpjax.data.dataset import EpisodeDataset
+from dpjax.data.windows import (
+    Batch,
+    WindowData,
+    check_horizons,
+    make_window_data,
+    make_window_index,
+    sample_windows,
+    window_step_indices,
+)
+from dpjax.errors import ConfigError, DataError
+
+
+class InMemoryLoader:
+    """Whole dataset on one device (or any `jax.sharding.Sharding`) as a `WindowData`.
+
+    Use `loader.data` with `sample_windows(data, key, batch_size)` inside a jitted train
+    step; iterating the loader does the same from the host, one jitted call per batch.
+    """
+
+    def __init__(
+        self,
+        episodes: EpisodeDataset | Iterable[Mapping[str, Any]],
+        *,
+        batch_size: int,
+        obs_horizon: int,
+        pred_horizon: int,
+        action_horizon: int,
+        observation_keys: Sequence[str] | None = None,
+        seed: int = 0,
+        device: Any = None,
+    ):
+        host_data = make_window_data(
+            episodes,
+            obs_horizon=obs_horizon,
+            pred_horizon=pred_horizon,
+            action_horizon=action_horizon,
+            observation_keys=observation_keys,
+        )
+        self.batch_size = batch_size
+        self.seed = seed
+        self.data: WindowData = jax.device_put(host_data, device)
+        self._sample = jax.jit(sample_windows, static_argnums=2)
+
+    @property
+    def num_windows(self) -> int:
+        return self.data.num_windows
+
+    def sample(self, key: jax.Array) -> Batch:
+        return self._sample(self.data, key, self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        key = jax.random.key(self.seed)
+        while True:
+            key, subkey = jax.random.split(key)
+            yield self.sample(subkey)
+
+
+class StreamingLoader:
+    """Windows read episode by episode from an array_record `EpisodeDataset`.
+
+    Each epoch visits this host's episodes (index % process_count == process_index) in a
+    seeded random order and mixes their windows through a shuffle buffer of
+    `shuffle_buffer` windows; a background thread keeps `prefetch` batches ready.
+    `num_epochs=None` repeats forever. Batches are numpy unless `to_device=True`.
+    """
+
+    def __init__(
+        self,
+        dataset: EpisodeDataset,
+        *,
+        batch_size: int,
+        obs_horizon: int,
+        pred_horizon: int,
+        action_horizon: int,
+        observation_keys: Sequence[str] | None = None,
+        seed: int = 0,
+        shuffle_buffer: int = 4096,
+        num_epochs: int | None = None,
+        drop_remainder: bool = True,
+        prefetch: int = 4,
+        process_index: int | None = None,
+        process_count: int | None = None,
+        to_device: bool = False,
+    ):
+        check_horizons(obs_horizon, pred_horizon, action_horizon)
+        if batch_size < 1 or shuffle_buffer < 1 or prefetch < 1:
+            raise ConfigError("batch_size, shuffle_buffer and prefetch must be >= 1")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.horizons = dict(
+            obs_horizon=obs_horizon, pred_horizon=pred_horizon, action_horizon=action_horizon
+        )
+        self.observation_keys = observation_keys
+        self.seed, self.shuffle_buffer, self.prefetch = seed, shuffle_buffer, prefetch
+        self.num_epochs, self.drop_remainder, self.to_device = num_epochs, drop_remainder, to_device
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+        self.process_index = process_index
+        self.episode_ids = np.arange(process_index, len(dataset), process_count)
+        if len(self.episode_ids) == 0:
+            raise DataError(f"host {process_index} of {process_count} gets no episodes")
+
+    @property
+    def num_windows(self) -> int:
+        """Windows per epoch on this host."""
+        lengths = self.dataset.episode_lengths()
+        return len(make_window_index([lengths[i] for i in self.episode_ids], **self.horizons))
+
+    def episode_windows(self, episode_id: int) -> dict[str, Any]:
+        """All windows of one episode: {"observation": {k: (W, obs_horizon, ...)},
+        "action": (W, pred_horizon, A)}, in start order."""
+        steps = self.dataset[int(episode_id)]["steps"]
+        keys = (
+            list(steps["observation"]) if self.observation_keys is None else self.observation_keys
+        )
+        index = make_window_index([len(steps["action"])], **self.horizons)
+        window_steps = window_step_indices(index, self.horizons["pred_horizon"], xp=np)
+        obs_steps = window_steps[:, : self.horizons["obs_horizon"]]
+        try:
+            observation = {k: np.asarray(steps["observation"][k])[obs_steps] for k in keys}
+        except KeyError as e:
+            raise DataError(f"episode {episode_id} has no observation {e}") from e
+        return {"observation": observation, "action": np.asarray(steps["action"])[window_steps]}
+
+    def _windows(self) -> Iterator[dict[str, Any]]:
+        rng = np.random.default_rng([self.seed, self.process_index])
+        buffer: list[dict[str, Any]] = []
+        epoch = 0
+        while self.num_epochs is None or epoch < self.num_epochs:
+            for episode_id in rng.permutation(self.episode_ids):
+                windows = self.episode_windows(episode_id)
+                for i in range(len(windows["action"])):
+                    buffer.append(jax.tree.map(lambda x, i=i: x[i], windows))
+                    if len(buffer) >= self.shuffle_buffer:
+                        yield _pop_random(buffer, rng)
+            epoch += 1
+        while buffer:
+            yield _pop_random(buffer, rng)
+
+    def _batches(self) -> Iterator[Batch]:
+        pending: list[dict[str, Any]] = []
+        for window in self._windows():
+            pending.append(window)
+            if len(pending) == self.batch_size:
+                yield jax.tree.map(lambda *xs: np.stack(xs), *pending)
+                pending = []
+        if pending and not self.drop_remainder:
+            yield jax.tree.map(lambda *xs: np.stack(xs), *pending)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for batch in _prefetch(self._batches(), self.prefetch):
+            yield jax.device_put(batch) if self.to_device else batch
+
+
+def _pop_random(buffer: list, rng: np.random.Generator) -> Any:
+    # Swap-remove: O(1) and the buffer order does not matter.
+    i = int(rng.integers(len(buffer)))
+    buffer[i], buffer[-1] = buffer[-1], buffer[i]
+    return buffer.pop()
+
+
+_DONE = object()
+
+
+def _prefetch(iterator: Iterator[Any], size: int) -> Iterator[Any]:
+    """Runs `iterator` in a daemon thread, `size` items ahead; re-raises its errors here."""
+    items: queue.Queue = queue.Queue(maxsize=size)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        try:
+            for item in iterator:
+                if not put((item, None)):
+                    return
+            put((_DONE, None))
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            put((_DONE, e))
+
+    thread = threading.Thread(target=produce, daemon=True, name="dpjax-prefetch")
+    thread.start()
+    try:
+        while True:
+            item, error = items.get()
+            if error is not None:
+                raise error
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stop.set()
+        # A daemon thread killed inside array_record's C++ reader at interpreter exit aborts
+        # the process, so wait for it to notice `stop` (at most one episode's decode).
+        thread.join(timeout=30)

@@ -1,0 +1,118 @@
+"""`dpjax collect` and `dpjax data info` on a tiny fake task defined here."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from dpjax import cli
+from dpjax.data import load_dataset
+from dpjax.envs.base import ArraySpec, Task, rollout_expert
+
+GOAL = 1.0
+
+
+class LineEnv:
+    """A point on a line that must reach GOAL; seeds = 2 mod 3 get a broken actuator."""
+
+    def __init__(self, seed: int):
+        self.broken = seed % 3 == 2
+        self.x = 0.0
+
+    def _obs(self):
+        image = np.full((4, 4, 3), int(self.x * 100) % 256, np.uint8)
+        return {"state": np.float32([self.x, GOAL]), "image": image}
+
+    def reset(self, *, seed=None):
+        self.x = 0.0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.x += float(action[0]) * (-1.0 if self.broken else 1.0)
+        success = abs(self.x - GOAL) < 0.05
+        return self._obs(), float(success), False, False, {"success": success}
+
+    def close(self):
+        pass
+
+
+def make_fake_task() -> Task:
+    return Task(
+        name="fake-line",
+        observation_spec={
+            "state": ArraySpec((2,), "float32"),
+            "image": ArraySpec((4, 4, 3), "uint8"),
+        },
+        action_dim=1,
+        max_episode_steps=8,
+        make_env=LineEnv,
+        make_expert=lambda env, seed: (
+            lambda obs: np.clip([obs["state"][1] - obs["state"][0]], -0.3, 0.3)
+        ),
+    )
+
+
+@pytest.fixture
+def only_data_commands(monkeypatch):
+    # Other commands are written elsewhere; this test must not depend on them importing.
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("dpjax.commands.collect", "dpjax.commands.data"))
+
+
+def test_collect_then_info(tmp_path, capsys, only_data_commands):
+    out = tmp_path / "demos"
+    task = f"{__name__}:make_fake_task"
+    assert cli.main(["collect", task, "--episodes", "6", "--out", str(out), "--seed", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "kept 4/6 episodes (expert success rate 66.7%)" in printed and "steps/s" in printed
+
+    dataset = load_dataset(out)
+    assert len(dataset) == 4
+    assert [dataset[i]["episode_metadata"]["seed"] for i in range(4)] == [0, 1, 3, 4]
+    assert all(dataset[i]["episode_metadata"]["success"] for i in range(4))
+    assert dataset.stats.info["collection"]["episodes_attempted"] == 6
+
+    assert cli.main(["data", "info", str(out)]) == 0
+    info = capsys.readouterr().out
+    assert "episodes: 4" in info
+    assert "observation/image: (4, 4, 3) uint8" in info and "action: (1,) float32" in info
+    assert "success rate 66.7%" in info and "std:" in info
+    assert "successful episodes: 4/4" in info
+
+    # An existing dataset is kept unless --overwrite.
+    assert cli.main(["collect", task, "--episodes", "2", "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert cli.main(["collect", task, "--episodes", "2", "--out", str(out), "--overwrite"]) == 0
+    assert len(load_dataset(out)) == 2
+
+
+def test_collect_uses_a_batched_collector(tmp_path, capsys, only_data_commands, monkeypatch):
+    if "collect_episodes" not in {f.name for f in dataclasses.fields(Task)}:
+        pytest.skip("Task has no collect_episodes field yet")
+    calls = []
+
+    def collect_episodes(num_episodes, seed, action_noise=0.0):
+        calls.append((num_episodes, seed))
+        return [
+            rollout_expert(make_fake_task(), seed + i, action_noise) for i in range(num_episodes)
+        ]
+
+    batched = dataclasses.replace(make_fake_task(), collect_episodes=collect_episodes)
+    monkeypatch.setattr("dpjax.commands.collect.resolve_task", lambda name: batched)
+    args = ["collect", "fake", "--episodes", "3", "--out", str(tmp_path / "d"), "--seed", "5"]
+    assert cli.main(args) == 0
+    assert calls == [(3, 5)]
+    assert "kept 2/3" in capsys.readouterr().out
+
+
+def test_cli_errors(tmp_path, capsys, only_data_commands):
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["data", "info", str(tmp_path / "empty")]) == 2
+    assert "not a dpjax or RLDS" in capsys.readouterr().err
+    assert cli.main(["collect", "no.such.module:task", "--episodes", "1", "--out", "x"]) == 2
+    assert "cannot load task" in capsys.readouterr().err
+    # Every episode failing is an error, and leaves nothing behind.
+    out = tmp_path / "none"
+    task = f"{__name__}:make_fake_task"
+    assert cli.main(["collect", task, "--episodes", "1", "--seed", "2", "--out", str(out)]) == 2
+    assert "no episodes" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
