@@ -18,7 +18,8 @@ from dpjax.errors import DpjaxError
 COMMAND_MODULES: tuple[str, ...] = (
     "dpjax.commands.collect",
     "dpjax.commands.data",
-    "dpjax.commands.sample",
+    "dpjax.commands.demo",
+    "dpjax.commands.bench",
 )
 
 

@@ -69,6 +69,9 @@ class Task:
     expert_name: str = "scripted"
     # Steps per second the task is meant to be controlled at (for latency budgets).
     control_hz: float = 10.0
+    # Optional fast batched path: collect_episodes(num_episodes, seed, action_noise=0.0) ->
+    # list[Episode], the same episodes as rollout_expert(task, seed + i) would give.
+    collect_episodes: Callable[..., list[Episode]] | None = None
 
 
 def rollout_expert(task: Task, seed: int, action_noise: float = 0.0) -> Episode:

@@ -1,0 +1,226 @@
+"""The scripted expert of the "multimodal" task, and batched expert collection in pure JAX.
+
+The expert draws a side (north / east / south with probabilities 0.45 / 0.40 / 0.15), then
+plans the whole episode at reset: a route around the wall through a pre-grasp waypoint on that
+side (waypoints jittered by up to WAYPOINT_JITTER for diversity within a mode), corner-cut
+into a smooth curve and timed by a minimum-jerk profile. Its action at step t is the plan's
+point t+1 (position control). `expert_rollouts` runs hundreds of episodes as one program.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dpjax.envs.base import Episode, make_episode
+from dpjax.envs.multimodal import (
+    DEFAULT_CONFIG,
+    EXPERT_MEAN_SPEED,
+    FAST_COMPILE,
+    GRASP_DISTANCE,
+    MODE_PROBS,
+    SIDES,
+    WAYPOINT_JITTER,
+    MultimodalConfig,
+    MultimodalEnv,
+    MultimodalState,
+    episode_keys,
+    mode_of_offset,
+    observe,
+    reset,
+    step,
+)
+
+
+def mode_from_uniform(u: jax.Array, mode_probs=MODE_PROBS) -> jax.Array:
+    """Inverse CDF: u ~ U[0, 1) -> int32 mode."""
+    cdf = jnp.cumsum(jnp.asarray(mode_probs)) / sum(mode_probs)
+    return jnp.sum(u >= cdf[:-1]).astype(jnp.int32)
+
+
+def _route(start: jax.Array, mode: jax.Array, jitter: jax.Array) -> jax.Array:
+    """(5, 2) cup-frame waypoints of `mode`'s route from cup-frame `start`; jitter (3, 2)."""
+    a_north = jnp.array([-0.28, 0.45]) + jitter[0]
+    a_south = jnp.array([-0.28, -0.45]) + jitter[0]
+    b_east = jnp.array([0.38, -0.38]) + jitter[1]
+    pre = 0.35 * SIDES + jitter[2] * jnp.abs(SIDES[:, ::-1])  # jitter only sideways
+    grasp = GRASP_DISTANCE * SIDES
+    routes = jnp.stack(
+        [
+            jnp.stack([start, start, a_north, pre[0], grasp[0]]),  # start twice: equal shapes
+            jnp.stack([start, a_south, b_east, pre[1], grasp[1]]),
+            jnp.stack([start, start, a_south, pre[2], grasp[2]]),
+        ]
+    )
+    return routes[mode]
+
+
+def _cut_corners(points: jax.Array, iterations: int = 3) -> jax.Array:
+    """Chaikin corner cutting (K, 2) -> (K * 2**iterations, 2); keeps both end points."""
+    for _ in range(iterations):
+        a, b = points[:-1], points[1:]
+        cut = jnp.stack([0.75 * a + 0.25 * b, 0.25 * a + 0.75 * b], axis=1).reshape(-1, 2)
+        points = jnp.concatenate([points[:1], cut, points[-1:]])
+    return points
+
+
+def expert_plan(
+    key: jax.Array, state: MultimodalState, mode: jax.Array, num_steps: int
+) -> jax.Array:
+    """(num_steps + 1, 2) world positions: plan[t] is where the expert wants to be at step t.
+
+    A smoothed route timed by a minimum-jerk profile, whose peak speed stays under MAX_STEP so
+    position control tracks it exactly; after arrival the plan holds the grasp point. `key`
+    jitters the waypoints; `mode` is given (see `sample_expert` for the expert's choice).
+    """
+    unit = jax.random.uniform(key, (6,))
+    return _plan_from_jitter(unit, state, mode, num_steps)
+
+
+def sample_expert(
+    key: jax.Array, state: MultimodalState, config: MultimodalConfig = DEFAULT_CONFIG
+) -> tuple[jax.Array, jax.Array]:
+    """The expert's choice for an episode: (mode () int32 ~ mode_probs, plan (T+1, 2))."""
+    # One draw for mode and jitter: each random call costs a threefry copy in the program.
+    unit = jax.random.uniform(key, (7,))
+    mode = mode_from_uniform(unit[0], config.mode_probs)
+    return mode, _plan_from_jitter(unit[1:], state, mode, config.max_episode_steps)
+
+
+def _plan_from_jitter(
+    unit: jax.Array, state: MultimodalState, mode: jax.Array, num_steps: int
+) -> jax.Array:
+    """`expert_plan` from (6,) uniform [0, 1) numbers for the waypoint jitter."""
+    jitter = (2.0 * unit.reshape(3, 2) - 1.0) * WAYPOINT_JITTER
+    path = _cut_corners(_route(state.agent - state.cup, mode, jitter))
+    lengths = jnp.linalg.norm(path[1:] - path[:-1], axis=-1) + 1e-6
+    arclength = jnp.concatenate([jnp.zeros(1), jnp.cumsum(lengths)])
+    total = arclength[-1]
+    duration = jnp.maximum(total / EXPERT_MEAN_SPEED, 1.0)
+    tau = jnp.clip(jnp.arange(num_steps + 1) / duration, 0.0, 1.0)
+    s = total * tau**3 * (10.0 - 15.0 * tau + 6.0 * tau**2)
+    plan = jnp.stack([jnp.interp(s, arclength, path[:, i]) for i in range(2)], axis=-1)
+    return plan + state.cup
+
+
+def expert_action(state: MultimodalState, plan: jax.Array) -> jax.Array:
+    """(2,) target position: the plan's next point."""
+    return plan[jnp.minimum(state.t + 1, plan.shape[0] - 1)]
+
+
+@functools.partial(jax.jit, static_argnames=("config",), compiler_options=FAST_COMPILE)
+def expert_rollouts(
+    seeds: jax.Array, config: MultimodalConfig = DEFAULT_CONFIG, action_noise: float = 0.0
+) -> dict[str, jax.Array]:
+    """Expert episodes for integer `seeds` (N,) as one compiled program.
+
+    Returns {"observation" (N, T, 6), "action" (N, T, 2), "reward" (N, T), "valid" (N, T) bool
+    (steps taken before the episode ended), "success" (N,), "collision" (N,), "mode" (N,)
+    (geometric), "chosen_mode" (N,)} with T = max_episode_steps.
+    """
+
+    def episode(seed):
+        reset_key, expert_key, noise_key = episode_keys(jax.random.key(seed))
+        state = reset(reset_key, config)
+        mode, plan = sample_expert(expert_key, state, config)
+        noise = action_noise * jax.random.normal(noise_key, (config.max_episode_steps, 2))
+
+        def body(state, noise):
+            action = expert_action(state, plan) + noise
+            new, _, reward, _, _ = step(state, action, config)
+            return new, (observe(state), action, reward, ~state.done)
+
+        final, (obs, actions, rewards, valid) = jax.lax.scan(body, state, noise)
+        mode_seen = mode_of_offset(final.closest_offset, final.closest_distance)
+        return {
+            "observation": obs,
+            "action": actions.astype(jnp.float32),
+            "reward": rewards,
+            "valid": valid,
+            "success": final.success,
+            "collision": final.collided,
+            "mode": mode_seen,
+            "chosen_mode": mode,
+        }
+
+    return jax.vmap(episode)(seeds)
+
+
+ROLLOUT_CHUNK = 256
+
+
+def expert_rollouts_numpy(
+    seed: int,
+    num_episodes: int,
+    config: MultimodalConfig = DEFAULT_CONFIG,
+    action_noise: float = 0.0,
+) -> dict[str, np.ndarray]:
+    """`expert_rollouts` of seeds seed .. seed+num_episodes-1 as numpy, in fixed-size chunks.
+
+    Every count reuses one compiled program (compiling costs seconds here, running a chunk
+    of 256 episodes milliseconds).
+    """
+    chunks = []
+    for start in range(seed, seed + num_episodes, ROLLOUT_CHUNK):
+        seeds = jnp.arange(start, start + ROLLOUT_CHUNK, dtype=jnp.int32)
+        chunks.append(jax.tree.map(np.asarray, expert_rollouts(seeds, config, action_noise)))
+    return {k: np.concatenate([c[k] for c in chunks])[:num_episodes] for k in chunks[0]}
+
+
+def collect_episodes(
+    num_episodes: int,
+    seed: int = 0,
+    action_noise: float = 0.0,
+    config: MultimodalConfig = DEFAULT_CONFIG,
+) -> list[Episode]:
+    """Expert episodes with seeds seed, seed+1, ... in base.py's `Episode` layout, batched.
+
+    Matches `rollout_expert(task, seed + i)` step for step when action_noise is 0.
+    """
+    out = expert_rollouts_numpy(seed, num_episodes, config, action_noise)
+    episodes = []
+    for i in range(num_episodes):
+        length = int(out["valid"][i].sum())
+        terminated = bool(out["success"][i] or out["collision"][i])
+        episodes.append(
+            make_episode(
+                [{"state": o} for o in out["observation"][i, :length]],
+                list(out["action"][i, :length]),
+                list(out["reward"][i, :length]),
+                terminated=terminated,
+                metadata={
+                    "task": "multimodal",
+                    "seed": seed + i,
+                    "expert": "scripted",
+                    "success": bool(out["success"][i]),
+                    "mode": int(out["mode"][i]),
+                },
+            )
+        )
+    return episodes
+
+
+@functools.partial(jax.jit, static_argnames=("config",), compiler_options=FAST_COMPILE)
+def _expert_setup(seed: jax.Array, state: MultimodalState, config: MultimodalConfig):
+    return sample_expert(episode_keys(jax.random.key(seed))[1], state, config)
+
+
+def make_expert(env: MultimodalEnv, seed: int) -> Callable[[dict], np.ndarray]:
+    """The scripted expert of episode `seed`; reads the env's state (it is privileged).
+
+    Its choice of mode shows in the env's `info["mode"]` once the agent nears the cup.
+    """
+    plan: list[np.ndarray] = []
+
+    def expert(obs: dict) -> np.ndarray:
+        del obs  # the plan is fixed from the episode's start state
+        if not plan:
+            _, positions = _expert_setup(jnp.int32(seed), env.state, env.config)
+            plan.append(np.asarray(positions, np.float32))
+        return plan[0][min(int(env.state.t) + 1, len(plan[0]) - 1)]
+
+    return expert
