@@ -15,7 +15,7 @@ from dpjax.data.dataset import EpisodeDataset, decode_episode, load_dataset
 from dpjax.data.importers import import_zarr
 from dpjax.data.loaders import InMemoryLoader, StreamingLoader
 from dpjax.data.normalizer import Normalizer
-from dpjax.data.stats import STATS_FILENAME, ArrayStats, DatasetStats
+from dpjax.data.stats import STATS_FILENAME, ArrayStats, DatasetStats, compute_stats
 from dpjax.data.windows import (
     WindowData,
     gather_windows,
@@ -35,6 +35,7 @@ __all__ = [
     "Normalizer",
     "StreamingLoader",
     "WindowData",
+    "compute_stats",
     "decode_episode",
     "gather_windows",
     "import_zarr",

@@ -25,7 +25,7 @@ from dpjax.data.features import (
     to_python,
     unflatten,
 )
-from dpjax.data.stats import STATS_FILENAME, DatasetStats, StatsAccumulator
+from dpjax.data.stats import STATS_FILENAME, DatasetStats, compute_stats
 from dpjax.data.writer import DESCRIPTION_PREFIX
 from dpjax.errors import DataError, require_extra
 
@@ -116,17 +116,9 @@ class EpisodeDataset:
 
     def compute_stats(self) -> DatasetStats:
         """One pass over the data; what `write_dataset` stores for dpjax datasets."""
-        accumulator = None
-        for episode in self:
-            flat = flatten_steps(episode["steps"])
-            if accumulator is None:
-                accumulator = StatsAccumulator(
-                    {k: (v.shape[1:], v.dtype.name) for k, v in flat.items()}
-                )
-            accumulator.add(flat)
-        if accumulator is None:
+        if len(self) == 0:
             raise DataError(f"{self.path} holds no episodes")
-        return accumulator.finish()
+        return compute_stats(self)
 
     def __repr__(self) -> str:
         return (

@@ -11,13 +11,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dpjax.data.features import StepSpec, low_dim_keys
+from dpjax.data.features import StepSpec, flatten_steps, low_dim_keys
 from dpjax.errors import DataError
 
 STATS_FILENAME = "dpjax_stats.json"
@@ -157,6 +157,21 @@ class StatsAccumulator:
             for k, m in self._moments.items()
         }
         return DatasetStats(arrays, tuple(self.lengths), dict(self.spec), dict(info or {}))
+
+
+def compute_stats(episodes: Iterable[Mapping[str, Any]]) -> DatasetStats:
+    """One pass over in-memory or stored episodes (the `Episode` layout)."""
+    accumulator = None
+    for episode in episodes:
+        flat = flatten_steps(episode["steps"])
+        if accumulator is None:
+            accumulator = StatsAccumulator(
+                {k: (v.shape[1:], v.dtype.name) for k, v in flat.items()}
+            )
+        accumulator.add(flat)
+    if accumulator is None:
+        raise DataError("no episodes to compute statistics of")
+    return accumulator.finish()
 
 
 def _merge(a: _Moments, b: _Moments) -> _Moments:

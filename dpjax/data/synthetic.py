@@ -53,3 +53,37 @@ def synthetic_episodes(
             metadata["language_instruction"] = f"push block {e} to the goal"
         episodes.append({"steps": steps, "episode_metadata": metadata})
     return episodes
+
+
+def three_mode_episodes(
+    num_episodes: int,
+    *,
+    seed: int = 0,
+    length: int = 8,
+    radius: float = 2.0,
+    action_noise: float = 0.05,
+    state_dim: int = 3,
+) -> list[dict[str, Any]]:
+    """The seed's cup example as a policy-learning problem: every episode holds one 2-D action
+    (north / east / south of the origin at `radius`, chosen with p = 0.45 / 0.40 / 0.15) for
+    all its steps, whatever the (uninformative) observation. A policy that averages the modes
+    predicts a point near (0.8, 0.6) * radius / 2, far from all three.
+    metadata["mode"] is the chosen index."""
+    from dpjax.envs.base import make_episode
+    from dpjax.oracles import CUP_MODE_MEANS, CUP_MODE_WEIGHTS
+
+    rng = np.random.default_rng(seed)
+    means = np.asarray(CUP_MODE_MEANS) * radius
+    episodes = []
+    for e in range(num_episodes):
+        mode = int(rng.choice(3, p=CUP_MODE_WEIGHTS))
+        observations = [
+            {"state": rng.normal(0, 0.1, state_dim).astype(np.float32)} for _ in range(length)
+        ]
+        actions = [means[mode] + rng.normal(0, action_noise, 2) for _ in range(length)]
+        metadata = {"task": "three_mode", "seed": e, "expert": "synthetic", "success": True,
+                    "mode": mode}  # fmt: skip
+        episodes.append(
+            make_episode(observations, actions, [0.0] * length, terminated=True, metadata=metadata)
+        )
+    return episodes

@@ -7,18 +7,22 @@ The result is one directory that `tfds.builder_from_directory(path)` opens direc
       NAME-train.array_record-0000i-of-0000n      the episodes, one record each
       dpjax_stats.json                            `DatasetStats`; written last
 
-Everything is first written into a hidden sibling `.NAME.incomplete-XXXX` and renamed into
-place only once complete, so an interrupted collection never leaves a dataset that looks
-finished, and an existing dataset is only replaced when `overwrite=True`.
+Everything is first written into a hidden sibling `.NAME.incomplete-PID@HOST-XXXX` and renamed
+into place only once complete, so an interrupted collection never leaves a dataset that looks
+finished, and an existing dataset is only replaced when `overwrite=True`. What a killed writer
+left behind is deleted by the next write to the same path on the same host.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import glob
 import itertools
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -58,7 +62,9 @@ def write_dataset(
     out = Path(out_dir).absolute()
     _check_target(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.incomplete-", dir=out.parent))
+    _remove_stale_leftovers(out)
+    prefix = f".{out.name}.incomplete-{os.getpid()}@{socket.gethostname()}-"
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
     try:
         iterator = iter(episodes)
         first = next(iterator, None)
@@ -104,6 +110,30 @@ def _check_target(out: Path, overwrite: bool) -> None:
         raise DataError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} exists and is not a directory")
+
+
+def _remove_stale_leftovers(out: Path) -> None:
+    """Deletes what writers of `out` killed on this host (SIGKILL, power loss) left behind.
+
+    A leftover is only removed when its writer ran on this host and its process is gone; on
+    a shared filesystem another host's writer may still be busy.
+    """
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.incomplete-(\d+)@(.*)-[^-]+")
+    host = socket.gethostname()
+    for leftover in out.parent.glob(f".{glob.escape(out.name)}.incomplete-*"):
+        match = pattern.fullmatch(leftover.name)
+        if match and match.group(2) == host and not _process_alive(int(match.group(1))):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
 
 
 def _commit(version_dir: Path, out: Path, overwrite: bool) -> None:

@@ -1,0 +1,486 @@
+"""Orbax save / restore / resume of a training state with its JSON metadata.
+
+A checkpoint is one orbax step directory holding three items: `state` (the pytree
+of arrays, written by `StandardSave`), `metadata` (the caller's JSON) and `layout`
+(our own JSON: leaf paths, shapes, dtypes, PRNG-key implementations, CRC32 of
+each leaf, the validation loss). Orbax writes a step into
+`<step>.orbax-checkpoint-tmp*` and renames it when complete, so a killed
+process never leaves a step directory that `all_steps` would list; old steps are
+renamed into `.trash/` before being deleted for the same reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from dpjax.errors import CheckpointError, ConfigError, DataError
+
+__all__ = ["Checkpointer", "save_json_atomic", "load_json", "leaf_path"]
+
+_FORMAT_VERSION = 1
+_STATE, _METADATA, _LAYOUT = "state", "metadata", "layout"
+_TRASH = ".trash"
+_CHECKPOINTS, _BEST = "checkpoints", "best"
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- small JSON files
+
+
+def save_json_atomic(path: str | Path, obj: Any) -> None:
+    """Writes `obj` as JSON so that `path` holds either the old or the whole new file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=True)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"cannot write {path}: not JSON-serializable ({e})") from e
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def load_json(path: str | Path, what: str, *, error: type[Exception] = DataError) -> Any:
+    """Reads the JSON file `path` (described as `what` in errors); raises `error` if missing
+    or corrupt (DataError by default; pass CheckpointError for checkpoint files)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError as e:
+        raise error(f"{what} not found: {path}") from e
+    except OSError as e:
+        raise error(f"cannot read {what} {path}: {e}") from e
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{what} {path} is corrupt or half-written (invalid JSON: {e})") from e
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------- pytree <-> nested dict
+
+
+def _key_name(k) -> str:
+    if isinstance(k, jax.tree_util.DictKey):
+        return str(k.key)
+    if isinstance(k, jax.tree_util.SequenceKey):
+        return str(k.idx)
+    if isinstance(k, jax.tree_util.GetAttrKey):
+        return k.name
+    if isinstance(k, jax.tree_util.FlattenedIndexKey):
+        return str(k.key)
+    return str(k)
+
+
+def leaf_path(key_path) -> str:
+    """`params/denoiser/Dense_0/kernel` for a jax key path (the names used in errors)."""
+    return "/".join(_key_name(k) for k in key_path)
+
+
+def _flatten(tree) -> tuple[list[tuple[str, Any]], Any]:
+    with_path, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    leaves = [(leaf_path(p), leaf) for p, leaf in with_path]
+    seen: set[str] = set()
+    for path, _ in leaves:
+        if path in seen:
+            raise ConfigError(f"two leaves of the state share the path {path!r}")
+        seen.add(path)
+    return leaves, treedef
+
+
+def _nest(flat: dict[str, Any]) -> dict:
+    """{'a/b': x} -> {'a': {'b': x}}; orbax stores nested dicts of arrays."""
+    root: dict = {}
+    for path, value in flat.items():
+        parts = path.split("/") if path else ["_"]
+        node = root
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"state leaf path {path!r} clashes with another leaf")
+        if parts[-1] in node:
+            raise ConfigError(f"state leaf path {path!r} clashes with another leaf")
+        node[parts[-1]] = value
+    return root
+
+
+def _get(nested: dict, path: str):
+    node = nested
+    for part in path.split("/") if path else ["_"]:
+        node = node[part]
+    return node
+
+
+def _is_key(x) -> bool:
+    dtype = getattr(x, "dtype", None)
+    return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+
+
+def _as_array_like(x):
+    """Non-jax leaves as numpy arrays of the dtype jax would give them (restores are jax
+    arrays, so an int64 leaf comes back int32 unless jax_enable_x64 is on)."""
+    if isinstance(x, jax.Array | jax.ShapeDtypeStruct):
+        return x
+    x = np.asarray(x)
+    return x.astype(jax.dtypes.canonicalize_dtype(x.dtype), copy=False)
+
+
+def _crc32(x) -> int | None:
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return None  # multi-host: no process sees the whole array
+    return zlib.crc32(np.ascontiguousarray(np.asarray(x)).view(np.uint8).reshape(-1))
+
+
+def _fmt_shape(shape) -> str:
+    return str(tuple(int(d) for d in shape))
+
+
+# ----------------------------------------------------------------------------- Checkpointer
+
+
+class Checkpointer:
+    """Keeps the last `max_to_keep` checkpoints under `directory/checkpoints` and (with
+    `keep_best`) the one with the lowest validation loss under `directory/best`.
+
+    Saves are synchronous and atomic; restores check tree structure, shapes and dtypes
+    against `abstract_state` and every leaf's CRC32 before returning.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        max_to_keep: int = 3,
+        keep_best: bool = True,
+        verify_checksums: bool = True,
+    ):
+        if max_to_keep < 1:
+            raise ConfigError(f"max_to_keep must be >= 1, got {max_to_keep}")
+        self.directory = Path(directory).absolute()
+        self.max_to_keep = max_to_keep
+        self.keep_best = keep_best
+        self.verify_checksums = verify_checksums
+        self._managers: dict[str, ocp.CheckpointManager] = {}
+        self._managers[_CHECKPOINTS] = self._make_manager(
+            self.directory / _CHECKPOINTS, max_to_keep
+        )
+        self._best_val_loss: float | None = None
+        if keep_best:
+            self._managers[_BEST] = self._make_manager(self.directory / _BEST, 1)
+            best_step = self._managers[_BEST].latest_step()
+            if best_step is not None:
+                try:
+                    layout = self._read_items(_BEST, best_step, (_LAYOUT,))[_LAYOUT]
+                    self._best_val_loss = layout.get("val_loss")
+                except CheckpointError as e:
+                    log.warning("ignoring unreadable best checkpoint: %s", e)
+
+    @staticmethod
+    def _make_manager(path: Path, keep: int) -> ocp.CheckpointManager:
+        path.mkdir(parents=True, exist_ok=True)
+        _empty_trash(path)
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=ocp.checkpoint_managers.LatestN(n=keep),
+            enable_async_checkpointing=False,
+            cleanup_tmp_directories=True,
+            todelete_subdir=_TRASH,
+            create=True,
+        )
+        return ocp.CheckpointManager(path, options=options)
+
+    # ------------------------------------------------------------------------- save
+
+    def save(self, step: int, state, *, metadata: dict, val_loss: float | None = None) -> None:
+        """Writes `state` and `metadata` as checkpoint `step` and returns once it is on disk."""
+        step = int(step)
+        try:
+            json.dumps(metadata, allow_nan=True)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"checkpoint metadata is not JSON-serializable: {e}") from e
+        leaves, _ = _flatten(state)
+        flat, layout_leaves = {}, {}
+        for path, leaf in leaves:
+            entry: dict[str, Any] = {}
+            if _is_key(leaf):
+                entry["key_impl"] = str(jax.random.key_impl(leaf))
+                entry["key_dtype"] = str(leaf.dtype)
+                leaf = jax.random.key_data(leaf)
+            leaf = _as_array_like(leaf)
+            entry["shape"] = [int(d) for d in leaf.shape]
+            entry["dtype"] = str(np.dtype(leaf.dtype))
+            if self.verify_checksums:
+                entry["crc32"] = _crc32(leaf)
+            flat[path] = leaf
+            layout_leaves[path] = entry
+        if not flat:
+            raise ConfigError("cannot checkpoint a state with no array leaves")
+        layout = {
+            "format_version": _FORMAT_VERSION,
+            "step": step,
+            "val_loss": None if val_loss is None else float(val_loss),
+            "leaves": layout_leaves,
+        }
+        args = ocp.args.Composite(
+            **{
+                _STATE: ocp.args.StandardSave(_nest(flat)),
+                _METADATA: ocp.args.JsonSave(metadata),
+                _LAYOUT: ocp.args.JsonSave(layout),
+            }
+        )
+        self._save_to(_CHECKPOINTS, step, args)
+        if (
+            self.keep_best
+            and val_loss is not None
+            and np.isfinite(val_loss)
+            and (self._best_val_loss is None or val_loss < self._best_val_loss)
+        ):
+            self._save_to(_BEST, step, args)
+            self._best_val_loss = float(val_loss)
+
+    def _save_to(self, which: str, step: int, args) -> None:
+        manager = self._managers[which]
+        if step in manager.all_steps():
+            if which == _CHECKPOINTS:
+                raise CheckpointError(f"step {step} is already saved in {manager.directory}")
+            manager.delete(step)
+        try:
+            saved = manager.save(step, args=args, force=True)
+            manager.wait_until_finished()
+        except Exception as e:
+            raise CheckpointError(f"saving step {step} to {manager.directory} failed: {e}") from e
+        if not saved:
+            raise CheckpointError(f"orbax declined to save step {step} in {manager.directory}")
+        _empty_trash(Path(manager.directory))
+
+    # ------------------------------------------------------------------------- queries
+
+    def all_steps(self, *, best: bool = False) -> list[int]:
+        manager = self._manager(best)
+        manager.reload()
+        return sorted(int(s) for s in manager.all_steps())
+
+    def latest_step(self, *, best: bool = False) -> int | None:
+        steps = self.all_steps(best=best)
+        return steps[-1] if steps else None
+
+    @property
+    def best_val_loss(self) -> float | None:
+        return self._best_val_loss
+
+    def step_dir(self, step: int, *, best: bool = False) -> Path:
+        return Path(self._manager(best).directory) / str(step)
+
+    def _manager(self, best: bool) -> ocp.CheckpointManager:
+        if best and not self.keep_best:
+            raise ConfigError("this Checkpointer was created with keep_best=False")
+        return self._managers[_BEST if best else _CHECKPOINTS]
+
+    def _resolve_step(self, step: int | None, best: bool) -> int:
+        which = _BEST if best else _CHECKPOINTS
+        steps = self.all_steps(best=best)
+        if not steps:
+            raise CheckpointError(f"no checkpoint in {self.directory / which}")
+        if step is None:
+            return steps[-1]
+        if int(step) not in steps:
+            raise CheckpointError(
+                f"no checkpoint for step {step} in {self.directory / which}; "
+                f"available steps: {steps}"
+            )
+        return int(step)
+
+    # ------------------------------------------------------------------------- restore
+
+    def restore_metadata(self, step: int | None = None, *, best: bool = False) -> dict:
+        which = _BEST if best else _CHECKPOINTS
+        step = self._resolve_step(step, best)
+        return self._read_items(which, step, (_METADATA,))[_METADATA]
+
+    def restore(self, abstract_state, step: int | None = None, *, best: bool = False):
+        """Returns `(state, metadata)` restored into the structure, shapes, dtypes and
+        shardings of `abstract_state` (arrays or `jax.ShapeDtypeStruct`s)."""
+        which = _BEST if best else _CHECKPOINTS
+        step = self._resolve_step(step, best)
+        path = self.step_dir(step, best=best)
+        layout = self._read_items(which, step, (_LAYOUT,))[_LAYOUT]
+        saved = layout.get("leaves") if isinstance(layout, dict) else None
+        if not isinstance(saved, dict):
+            raise CheckpointError(
+                f"checkpoint {path} has no valid layout (not a dpjax checkpoint?)"
+            )
+
+        leaves, treedef = _flatten(abstract_state)
+        _check_compatible(path, saved, leaves)
+
+        targets = {}
+        for p, leaf in leaves:
+            entry = saved[p]
+            targets[p] = jax.ShapeDtypeStruct(
+                tuple(entry["shape"]), np.dtype(entry["dtype"]), sharding=_target_sharding(leaf)
+            )
+        args = ocp.args.Composite(
+            **{_STATE: ocp.args.StandardRestore(_nest(targets)), _METADATA: ocp.args.JsonRestore()}
+        )
+        restored = self._restore_items(which, step, args)
+        nested, metadata = restored[_STATE], restored[_METADATA]
+
+        out = []
+        for p, _ in leaves:
+            entry = saved[p]
+            try:
+                value = _get(nested, p)
+            except (KeyError, TypeError) as e:
+                raise CheckpointError(f"checkpoint {path} is missing leaf {p}") from e
+            if tuple(value.shape) != tuple(entry["shape"]) or str(value.dtype) != entry["dtype"]:
+                raise CheckpointError(
+                    f"checkpoint {path} is corrupt: {p} restored as {value.dtype}"
+                    f"{_fmt_shape(value.shape)}, saved as {entry['dtype']}{tuple(entry['shape'])}"
+                )
+            crc = entry.get("crc32")
+            if self.verify_checksums and crc is not None:
+                actual = _crc32(value)
+                if actual is not None and actual != crc:
+                    raise CheckpointError(
+                        f"checkpoint {path} is corrupt: {p} does not match its checksum"
+                    )
+            if "key_impl" in entry:
+                value = jax.random.wrap_key_data(value, impl=entry["key_impl"])
+            out.append(value)
+        return jax.tree_util.tree_unflatten(treedef, out), metadata
+
+    def _read_items(self, which: str, step: int, names: tuple[str, ...]) -> dict:
+        args = ocp.args.Composite(**{n: ocp.args.JsonRestore() for n in names})
+        restored = self._restore_items(which, step, args)
+        return {n: restored[n] for n in names}
+
+    def _restore_items(self, which: str, step: int, args):
+        manager = self._managers[which]
+        path = Path(manager.directory) / str(step)
+        try:
+            return manager.restore(step, args=args)
+        except CheckpointError:
+            raise
+        except Exception as e:
+            raise CheckpointError(
+                f"checkpoint {path} is unreadable (truncated or corrupt): {_describe(e)}"
+            ) from e
+
+    # ------------------------------------------------------------------------- lifetime
+
+    def close(self) -> None:
+        for manager in self._managers.values():
+            manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _describe(error: BaseException) -> str:
+    """One line per exception in the chain, without TensorStore's multi-kilobyte specs."""
+    parts, seen = [], set()
+    while error is not None and id(error) not in seen and len(parts) < 4:
+        seen.add(id(error))
+        text = str(error).strip()
+        text = text.split(" See full TensorStore details")[0]
+        text = text.splitlines()[0] if text else ""
+        parts.append(f"{type(error).__name__}: {text[:240]}")
+        error = error.__cause__ or error.__context__
+    return " <- ".join(parts)
+
+
+def _empty_trash(directory: Path) -> None:
+    trash = directory / _TRASH
+    if trash.exists():
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def _target_sharding(leaf):
+    """The sharding to restore a leaf into; key arrays map to the sharding of their data."""
+    sharding = getattr(leaf, "sharding", None)
+    if sharding is None:
+        return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    if _is_key(leaf) and not isinstance(
+        sharding, jax.sharding.NamedSharding | jax.sharding.SingleDeviceSharding
+    ):
+        return jax.eval_shape(jax.random.key_data, leaf).sharding or (
+            jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        )
+    return sharding
+
+
+def _check_compatible(path: Path, saved: dict, leaves: list[tuple[str, Any]]) -> None:
+    problems = []
+    expected_paths = set()
+    for p, leaf in leaves:
+        expected_paths.add(p)
+        entry = saved.get(p)
+        if entry is None:
+            problems.append(f"{p}: expected leaf missing from the checkpoint")
+            continue
+        if _is_key(leaf):
+            if "key_impl" not in entry:
+                problems.append(
+                    f"{p}: saved {entry['dtype']} array vs expected PRNG key {leaf.dtype}"
+                )
+                continue
+            if entry.get("key_dtype") != str(leaf.dtype):
+                problems.append(f"{p}: saved key {entry.get('key_dtype')} vs expected {leaf.dtype}")
+                continue
+            data = jax.eval_shape(jax.random.key_data, leaf)
+            shape, dtype = data.shape, np.dtype(data.dtype)
+        else:
+            if "key_impl" in entry:
+                problems.append(f"{p}: saved PRNG key {entry.get('key_dtype')} vs expected array")
+                continue
+            leaf = _as_array_like(leaf)
+            shape, dtype = leaf.shape, np.dtype(leaf.dtype)
+        if tuple(entry["shape"]) != tuple(shape):
+            problems.append(
+                f"{p}: saved {_fmt_shape(entry['shape'])} vs expected {_fmt_shape(shape)}"
+            )
+        elif entry["dtype"] != str(dtype):
+            problems.append(f"{p}: saved {entry['dtype']} vs expected {dtype}")
+    for p in saved:
+        if p not in expected_paths:
+            problems.append(f"{p}: saved leaf not in the expected state")
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CheckpointError(
+            f"checkpoint {path} does not match the expected state (incompatible config?): "
+            f"{problems[0]}{more}"
+        )

@@ -1,0 +1,408 @@
+"""Policies: observation history -> normalized conditioning -> action chunk.
+
+`DiffusionPolicy` runs the observation encoder once per call, then the whole reverse process
+of any sampler (one `lax.scan`) over a (B, pred_horizon, A) chunk, and returns the
+`action_horizon` actions starting at the current step (index obs_horizon - 1, as Diffusion
+Policy does): receding-horizon control. `BCPolicy` is the seed's behavioral-cloning
+baseline: the same encoder and a regression head, one forward pass.
+
+Both normalize every low-dim observation key and the actions to [-1, 1] with the dataset's
+min/max (`dpjax.data.Normalizer`), which is saved with the checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dpjax import losses, samplers, schedules
+from dpjax.data import Normalizer
+from dpjax.data.windows import check_horizons
+from dpjax.errors import ConfigError, DataError, ShapeError, unknown_name
+from dpjax.nets import DENOISERS, ObservationEncoder, make_denoiser, mish
+
+POLICY_KINDS: tuple[str, ...] = ("diffusion", "bc")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+Observation = Mapping[str, jnp.ndarray]  # {key: (B, obs_horizon, *shape)}
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyConfig:
+    """Everything that fixes a policy's architecture and its default inference."""
+
+    kind: str = "diffusion"
+    action_dim: int = 2
+    obs_horizon: int = 2
+    pred_horizon: int = 16
+    action_horizon: int = 8
+    # Observation encoder.
+    low_dim_keys: tuple[str, ...] = ("state",)
+    image_keys: tuple[str, ...] = ()
+    image_encoder: str = "resnet18"
+    crop_hw: tuple[int, int] | None = None
+    low_dim_features: int | None = 64
+    # Denoiser: "mlp" | "unet1d" | "transformer", and the sizes each one reads.
+    denoiser: str = "unet1d"
+    down_dims: tuple[int, ...] = (256, 512, 1024)
+    kernel_size: int = 5
+    n_groups: int = 8
+    step_embed_dim: int = 128
+    hidden_dims: tuple[int, ...] = (512, 512, 256)
+    width: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    causal: bool = False
+    dtype: str = "float32"
+    # Diffusion process and training objective.
+    num_train_timesteps: int = 100
+    beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: str = "epsilon"
+    timestep_sampling: str = "uniform"
+    loss_weighting: str = "none"
+    # Default inference (any sampler / step count can be chosen later without retraining).
+    sampler: str = "ddim"
+    num_inference_steps: int = 10
+    clip_sample: float | None = 1.0
+    timestep_spacing: str = "trailing"
+    eta: float = 0.0
+
+    def validate(self) -> None:
+        if self.kind not in POLICY_KINDS:
+            raise unknown_name("policy kind", self.kind, POLICY_KINDS)
+        if self.dtype not in DTYPES:
+            raise unknown_name("dtype", self.dtype, DTYPES)
+        check_horizons(self.obs_horizon, self.pred_horizon, self.action_horizon)
+        if self.obs_horizon - 1 + self.action_horizon > self.pred_horizon:
+            raise ConfigError(
+                f"obs_horizon - 1 + action_horizon ({self.obs_horizon - 1 + self.action_horizon})"
+                f" must be <= pred_horizon ({self.pred_horizon}): the executed actions start at "
+                "the current step, index obs_horizon - 1 of the predicted chunk"
+            )
+        if not self.low_dim_keys and not self.image_keys:
+            raise ConfigError("a policy needs at least one observation key")
+        if self.kind == "diffusion" and self.denoiser not in DENOISERS:
+            raise unknown_name("denoiser", self.denoiser, DENOISERS)
+        if self.kind == "diffusion":
+            samplers.validate_options(self.sampler_options(), self.num_train_timesteps)
+
+    def sampler_options(self, **overrides) -> samplers.SamplerOptions:
+        fields = dict(
+            method=self.sampler,
+            num_inference_steps=self.num_inference_steps,
+            prediction_type=self.prediction_type,
+            clip_sample=self.clip_sample,
+            timestep_spacing=self.timestep_spacing,
+            eta=self.eta,
+        )
+        fields.update({k: v for k, v in overrides.items() if v is not None})
+        return samplers.SamplerOptions(**fields)
+
+
+class BCHead(nn.Module):
+    """conditioning (B, C) -> actions (B, H, A): Mish MLP, the seed's fusion sizes."""
+
+    pred_horizon: int
+    action_dim: int
+    hidden_dims: Sequence[int] = (512, 512, 256)
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, cond: jnp.ndarray) -> jnp.ndarray:
+        x = cond.astype(self.dtype)
+        for width in self.hidden_dims:
+            x = mish(nn.Dense(width, dtype=self.dtype)(x))
+        x = nn.Dense(self.pred_horizon * self.action_dim, dtype=self.dtype)(x)
+        return x.reshape(cond.shape[0], self.pred_horizon, self.action_dim)
+
+
+def _build_encoder(config: PolicyConfig) -> ObservationEncoder:
+    tokens = config.kind == "diffusion" and config.denoiser == "transformer"
+    return ObservationEncoder(
+        low_dim_keys=config.low_dim_keys,
+        image_keys=config.image_keys,
+        output="tokens" if tokens else "vector",
+        low_dim_features=config.low_dim_features,
+        image_encoder=config.image_encoder,
+        token_dim=config.width,
+        crop_hw=config.crop_hw,
+        dtype=DTYPES[config.dtype],
+    )
+
+
+def _build_denoiser(config: PolicyConfig, cond_dim: int) -> nn.Module:
+    dtype = DTYPES[config.dtype]
+    if config.denoiser == "mlp":
+        return make_denoiser(
+            "mlp",
+            action_dim=config.action_dim,
+            action_horizon=config.pred_horizon,
+            cond_dim=cond_dim,
+            hidden_dims=config.hidden_dims,
+            timestep_embed_dim=config.step_embed_dim,
+            dtype=dtype,
+        )
+    if config.denoiser == "unet1d":
+        return make_denoiser(
+            "unet1d",
+            action_dim=config.action_dim,
+            global_cond_dim=cond_dim,
+            down_dims=config.down_dims,
+            kernel_size=config.kernel_size,
+            n_groups=config.n_groups,
+            diffusion_step_embed_dim=config.step_embed_dim,
+            dtype=dtype,
+        )
+    if config.denoiser == "transformer":
+        return make_denoiser(
+            "transformer",
+            action_dim=config.action_dim,
+            action_horizon=config.pred_horizon,
+            cond_dim=cond_dim,
+            max_cond_tokens=max(32, 2 * config.obs_horizon * 8),
+            num_layers=config.num_layers,
+            width=config.width,
+            num_heads=config.num_heads,
+            causal=config.causal,
+            dtype=dtype,
+        )
+    raise unknown_name("denoiser", config.denoiser, DENOISERS)
+
+
+class PolicyNetwork(nn.Module):
+    """Encoder + denoiser (diffusion) or encoder + regression head (bc), one parameter tree."""
+
+    config: PolicyConfig
+    cond_dim: int
+
+    def setup(self):
+        self.encoder = _build_encoder(self.config)
+        if self.config.kind == "diffusion":
+            self.denoiser = _build_denoiser(self.config, self.cond_dim)
+        else:
+            self.head = BCHead(
+                self.config.pred_horizon,
+                self.config.action_dim,
+                self.config.hidden_dims,
+                DTYPES[self.config.dtype],
+            )
+
+    def encode(self, observation: Observation, train: bool = False) -> jnp.ndarray:
+        return self.encoder(observation, train=train)
+
+    def denoise(self, noisy_actions, timestep, cond) -> jnp.ndarray:
+        return self.denoiser(noisy_actions, timestep, cond)
+
+    def regress(self, cond) -> jnp.ndarray:
+        return self.head(cond)
+
+    def __call__(self, observation: Observation, noisy_actions, timestep):
+        cond = self.encode(observation)
+        if self.config.kind == "diffusion":
+            return self.denoise(noisy_actions, timestep, cond)
+        return self.regress(cond)
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySpec:
+    shape: tuple[int, ...]  # per step, without batch and time axes
+    dtype: str
+
+
+def observation_spec_from_stats(stats, keys: Sequence[str]) -> dict[str, ArraySpec]:
+    """Per-step shapes/dtypes of the observation keys, from `DatasetStats.spec`."""
+    spec = {}
+    for key in keys:
+        name = f"observation/{key}"
+        if name not in stats.spec:
+            available = sorted(
+                k.split("/", 1)[1] for k in stats.spec if k.startswith("observation/")
+            )
+            raise DataError(f"dataset has no observation {key!r}; it has {available}")
+        shape, dtype = stats.spec[name]
+        spec[key] = ArraySpec(tuple(shape), str(dtype))
+    return spec
+
+
+class Policy:
+    """Shared machinery of both policies: normalization, observation checks, parameters."""
+
+    def __init__(
+        self,
+        config: PolicyConfig,
+        normalizer: Normalizer,
+        observation_spec: Mapping[str, ArraySpec],
+    ):
+        config.validate()
+        self.config = config
+        self.normalizer = normalizer
+        self.observation_spec = dict(observation_spec)
+        missing = [
+            k for k in (*config.low_dim_keys, *config.image_keys) if k not in observation_spec
+        ]
+        if missing:
+            raise ConfigError(f"observation keys {missing} are not in the dataset's spec")
+        cond_shape = jax.eval_shape(
+            lambda o: _build_encoder(config).init_with_output(jax.random.key(0), o)[0],
+            self.example_observation(1),
+        ).shape
+        self.network = PolicyNetwork(config, int(cond_shape[-1]))
+
+    def example_observation(self, batch_size: int) -> dict[str, jnp.ndarray]:
+        return {
+            k: jnp.zeros((batch_size, self.config.obs_horizon, *s.shape), s.dtype)
+            for k, s in self.observation_spec.items()
+            if k in (*self.config.low_dim_keys, *self.config.image_keys)
+        }
+
+    def init(self, key: jax.Array) -> Any:
+        c = self.config
+        noisy = jnp.zeros((1, c.pred_horizon, c.action_dim))
+        return self.network.init(
+            key, self.example_observation(1), noisy, jnp.zeros((1,), jnp.int32)
+        )
+
+    def check_observation(self, observation: Mapping[str, Any]) -> int:
+        """Host-side validation of a raw observation batch; returns the batch size."""
+        expected = {k: self.observation_spec[k] for k in self.example_observation(1)}
+        missing = [k for k in expected if k not in observation]
+        if missing:
+            raise ShapeError(f"observation is missing keys {missing}; expected {sorted(expected)}")
+        batch = None
+        for key, spec in expected.items():
+            value = np.asarray(observation[key])
+            want = (self.config.obs_horizon, *spec.shape)
+            if value.ndim != len(want) + 1 or tuple(value.shape[1:]) != want:
+                raise ShapeError(
+                    f"observation {key!r}: expected shape (B, {', '.join(map(str, want))}), "
+                    f"got {tuple(value.shape)}"
+                )
+            if batch is not None and value.shape[0] != batch:
+                raise ShapeError(f"observation {key!r}: batch {value.shape[0]} != {batch}")
+            batch = value.shape[0]
+            if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+                raise DataError(f"observation {key!r} contains NaN or inf")
+        return int(batch)
+
+    def _encode(self, params, observation, train: bool, key=None):
+        rngs = {"augment": key} if train and key is not None else None
+        return self.network.apply(
+            params,
+            self.normalizer.normalize_observation(observation),
+            train,
+            method=PolicyNetwork.encode,
+            rngs=rngs,
+        )
+
+    def _executed(self, chunk: jnp.ndarray) -> jnp.ndarray:
+        start = self.config.obs_horizon - 1
+        return chunk[:, start : start + self.config.action_horizon]
+
+    def act(self, params, observation: Mapping[str, Any], key: jax.Array, **options):
+        """Checks the observation on the host, then returns (B, action_horizon, A) actions."""
+        self.check_observation(observation)
+        fn = self.inference_fn(**options)
+        return fn(
+            params, {k: jnp.asarray(observation[k]) for k in self.example_observation(1)}, key
+        )
+
+
+class DiffusionPolicy(Policy):
+    def __init__(self, config, normalizer, observation_spec):
+        super().__init__(config, normalizer, observation_spec)
+        self.schedule = schedules.make_schedule(config.beta_schedule, config.num_train_timesteps)
+
+    def loss(self, params, batch: Mapping[str, Any], key: jax.Array):
+        """Noise-prediction (or sample / v) loss on a raw batch {"observation", "action"}."""
+        c = self.config
+        key_aug, key_loss = jax.random.split(key)
+        cond = self._encode(params, batch["observation"], True, key_aug)
+        x0 = self.normalizer.normalize("action", batch["action"])
+        denoise = lambda x_t, t: self.network.apply(
+            params, x_t, t, cond, method=PolicyNetwork.denoise
+        )
+        return losses.diffusion_loss(
+            denoise,
+            x0,
+            key_loss,
+            self.schedule,
+            prediction_type=c.prediction_type,
+            timestep_sampling=c.timestep_sampling,
+            weighting=c.loss_weighting,
+        )
+
+    def predict_action_chunk(self, params, observation, key, options: samplers.SamplerOptions):
+        """(B, pred_horizon, A) unnormalized actions: encoder once, then one scan."""
+        c = self.config
+        cond = self._encode(params, observation, False)
+        batch = cond.shape[0]
+        key_noise, key_sampler = jax.random.split(key)
+        x_T = jax.random.normal(key_noise, (batch, c.pred_horizon, c.action_dim))
+        denoise = lambda x_t, t: self.network.apply(
+            params, x_t, t, cond, method=PolicyNetwork.denoise
+        )
+        x0 = samplers.sample_with_options(denoise, x_T, self.schedule, options, key_sampler)
+        return self.normalizer.unnormalize("action", x0)
+
+    @functools.cache  # noqa: B019 - one compiled sampler per option set, for the policy's life
+    def _compiled(self, options: samplers.SamplerOptions):
+        samplers.validate_options(options, self.config.num_train_timesteps)
+        return jax.jit(
+            lambda params, obs, key: self._executed(
+                self.predict_action_chunk(params, obs, key, options)
+            )
+        )
+
+    def inference_fn(self, *, sampler=None, num_inference_steps=None, **overrides):
+        """Jitted `(params, observation, key) -> (B, action_horizon, A)`, cached per options."""
+        options = self.config.sampler_options(
+            method=sampler, num_inference_steps=num_inference_steps, **overrides
+        )
+        return self._compiled(options)
+
+    def num_denoiser_evaluations(self, sampler=None, num_inference_steps=None) -> int:
+        o = self.config.sampler_options(method=sampler, num_inference_steps=num_inference_steps)
+        return samplers.num_denoiser_evaluations(
+            o.method, o.num_inference_steps, self.config.num_train_timesteps
+        )
+
+
+class BCPolicy(Policy):
+    def loss(self, params, batch: Mapping[str, Any], key: jax.Array):
+        cond = self._encode(params, batch["observation"], True, key)
+        prediction = self.network.apply(params, cond, method=PolicyNetwork.regress)
+        return losses.regression_loss(
+            prediction, self.normalizer.normalize("action", batch["action"])
+        )
+
+    def predict_action_chunk(self, params, observation, key=None, options=None):
+        cond = self._encode(params, observation, False)
+        prediction = self.network.apply(params, cond, method=PolicyNetwork.regress)
+        return self.normalizer.unnormalize("action", prediction.astype(jnp.float32))
+
+    @functools.cached_property
+    def _compiled(self):
+        return jax.jit(
+            lambda params, obs, key: self._executed(self.predict_action_chunk(params, obs))
+        )
+
+    def inference_fn(self, **ignored):
+        """Jitted `(params, observation, key) -> (B, action_horizon, A)`; one forward pass."""
+        return self._compiled
+
+    def num_denoiser_evaluations(self, *args, **kwargs) -> int:
+        return 1
+
+
+def make_policy(config: PolicyConfig, normalizer: Normalizer, observation_spec) -> Policy:
+    cls = {"diffusion": DiffusionPolicy, "bc": BCPolicy}.get(config.kind)
+    if cls is None:
+        raise unknown_name("policy kind", config.kind, POLICY_KINDS)
+    return cls(config, normalizer, observation_spec)

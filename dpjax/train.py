@@ -1,0 +1,188 @@
+"""Train state, optimizer, EMA and the data-parallel train step over a device mesh.
+
+The global batch is sampled inside the jitted step from the dataset held on every device
+(`dpjax.data.sample_windows`), then constrained to be sharded over the mesh's "data" axis:
+XLA's SPMD partitioner gives each device its slice of the batch and all-reduces the
+gradients. The same code runs on one CPU, 8 simulated CPU devices, a GPU, or a multi-host
+TPU pod (call `maybe_initialize_distributed()` first); the result depends only on the
+global batch, not on the device count (up to float reduction order).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from dpjax.data.windows import WindowData, sample_windows
+from dpjax.errors import ConfigError
+
+DATA_AXIS = "data"
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """Diffusion Policy's defaults: AdamW(1e-4, betas 0.95/0.999, wd 1e-6), warmup + cosine."""
+
+    learning_rate: float = 1e-4
+    b1: float = 0.95
+    b2: float = 0.999
+    weight_decay: float = 1e-6
+    warmup_steps: int = 500
+    max_grad_norm: float = 1.0
+    ema_power: float = 0.75
+    ema_max_decay: float = 0.9999
+    ema_inv_gamma: float = 1.0
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jnp.ndarray  # () int32: optimizer steps taken
+    params: Any
+    ema_params: Any
+    opt_state: Any
+    rng: jax.Array  # typed PRNG key; batches and noise of step s derive from it
+
+
+def learning_rate_schedule(config: OptimConfig, num_steps: int) -> optax.Schedule:
+    warmup = max(0, min(config.warmup_steps, num_steps - 1))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=config.learning_rate,
+        warmup_steps=warmup,
+        decay_steps=max(num_steps, warmup + 1),
+        end_value=0.0,
+    )
+
+
+def make_optimizer(config: OptimConfig, num_steps: int) -> optax.GradientTransformation:
+    return optax.chain(
+        optax.clip_by_global_norm(config.max_grad_norm),
+        optax.adamw(
+            learning_rate_schedule(config, num_steps),
+            b1=config.b1,
+            b2=config.b2,
+            weight_decay=config.weight_decay,
+        ),
+    )
+
+
+def ema_decay(config: OptimConfig, step: jnp.ndarray) -> jnp.ndarray:
+    """Diffusion Policy's EMA warmup: 1 - (1 + s / inv_gamma)^-power, capped; 0 at s <= 0."""
+    s = jnp.maximum(step.astype(jnp.float32) - 1.0, 0.0)
+    value = 1.0 - (1.0 + s / config.ema_inv_gamma) ** (-config.ema_power)
+    return jnp.where(s > 0, jnp.clip(value, 0.0, config.ema_max_decay), 0.0)
+
+
+def ema_update(ema_params, params, decay):
+    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+
+
+def init_train_state(params, optimizer: optax.GradientTransformation, rng: jax.Array):
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        ema_params=jax.tree.map(jnp.copy, params),
+        opt_state=optimizer.init(params),
+        rng=rng,
+    )
+
+
+def make_mesh(num_devices: int | None = None) -> Mesh:
+    """A 1-D mesh over the first `num_devices` devices (all by default), axis "data"."""
+    devices = jax.devices()
+    if num_devices is not None:
+        if not 1 <= num_devices <= len(devices):
+            raise ConfigError(f"num_devices={num_devices}, but {len(devices)} device(s) exist")
+        devices = devices[:num_devices]
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def maybe_initialize_distributed() -> None:
+    """Multi-host: `jax.distributed.initialize()` when the environment describes a cluster."""
+    if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("DPJAX_DISTRIBUTED") == "1":
+        jax.distributed.initialize()
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+LossFn = Callable[[Any, dict, jax.Array], tuple[jnp.ndarray, dict]]
+
+
+def make_train_step(
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    optim_config: OptimConfig,
+    mesh: Mesh,
+    batch_size: int,
+    num_steps: int,
+):
+    """Jitted `(state, data: WindowData) -> (state, metrics)`; state replicated, batch sharded.
+
+    `batch_size` is the global batch; it must divide evenly over the mesh.
+    """
+    num_devices = mesh.devices.size
+    if batch_size % num_devices:
+        raise ConfigError(f"batch_size {batch_size} is not divisible by {num_devices} devices")
+    lr = learning_rate_schedule(optim_config, num_steps)
+
+    def step(state: TrainState, data: WindowData):
+        rng, key_batch, key_loss = jax.random.split(state.rng, 3)
+        batch = sample_windows(data, key_batch, batch_size)
+        batch = jax.lax.with_sharding_constraint(batch, batch_sharded(mesh))
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, batch, key_loss
+        )
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_step = state.step + 1
+        ema_params = ema_update(state.ema_params, params, ema_decay(optim_config, new_step))
+        metrics = {
+            **metrics,
+            "grad_norm": optax.global_norm(grads),
+            "learning_rate": lr(state.step),
+        }
+        new_state = TrainState(new_step, params, ema_params, opt_state, rng)
+        return new_state, metrics
+
+    return jax.jit(
+        step,
+        in_shardings=(replicated(mesh), replicated(mesh)),
+        out_shardings=(replicated(mesh), replicated(mesh)),
+        donate_argnums=(0,),
+    )
+
+
+def make_eval_loss(loss_fn: LossFn, mesh: Mesh, batch_size: int, num_batches: int):
+    """Jitted `(params, data, key) -> mean loss` over `num_batches` fixed-key batches."""
+
+    def evaluate(params, data: WindowData, key: jax.Array):
+        def one(carry, k):
+            key_batch, key_loss = jax.random.split(k)
+            batch = sample_windows(data, key_batch, batch_size)
+            batch = jax.lax.with_sharding_constraint(batch, batch_sharded(mesh))
+            loss, _ = loss_fn(params, batch, key_loss)
+            return carry + loss, None
+
+        total, _ = jax.lax.scan(one, jnp.zeros(()), jax.random.split(key, num_batches))
+        return total / num_batches
+
+    return jax.jit(evaluate, in_shardings=(replicated(mesh), replicated(mesh), None))
+
+
+def put_replicated(tree, mesh: Mesh):
+    return jax.device_put(tree, replicated(mesh))

@@ -1,0 +1,160 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dpjax import oracles
+from dpjax import policy as P
+from dpjax import train as T
+from dpjax.data import Normalizer, compute_stats, make_window_data
+from dpjax.data.synthetic import three_mode_episodes
+from dpjax.errors import ConfigError, DataError, ShapeError, UnknownNameError
+
+SMALL = dict(
+    action_dim=2,
+    obs_horizon=1,
+    pred_horizon=4,
+    action_horizon=4,
+    denoiser="mlp",
+    hidden_dims=(256, 256),
+    low_dim_features=None,
+)
+
+
+@pytest.fixture(scope="module")
+def three_modes():
+    episodes = three_mode_episodes(300, seed=0)
+    stats = compute_stats(episodes)
+    normalizer = Normalizer.from_stats(stats, ["action", "observation/state"])
+    spec = P.observation_spec_from_stats(stats, ["state"])
+    return episodes, normalizer, spec
+
+
+def train_policy(policy, episodes, *, steps=400, batch_size=128, lr=3e-3, seed=0):
+    c = policy.config
+    mesh = T.make_mesh(1)
+    data = T.put_replicated(
+        make_window_data(
+            episodes,
+            obs_horizon=c.obs_horizon,
+            pred_horizon=c.pred_horizon,
+            action_horizon=c.action_horizon,
+        ),
+        mesh,
+    )
+    optim = T.OptimConfig(learning_rate=lr, warmup_steps=30)
+    tx = T.make_optimizer(optim, steps)
+    state = T.put_replicated(
+        T.init_train_state(policy.init(jax.random.key(seed)), tx, jax.random.key(seed + 1)), mesh
+    )
+    step = T.make_train_step(policy.loss, tx, optim, mesh, batch_size, steps)
+    for _ in range(steps):
+        state, metrics = step(state, data)
+    return state, metrics
+
+
+def near_mode_fraction(actions, radius=1.0):
+    """Fraction of chunks whose mean action is within `radius` of one of the three modes."""
+    mixture = oracles.cup_mixture()
+    a = np.asarray(actions).mean(1)
+    distance = np.linalg.norm(a[:, None] - np.asarray(mixture.means)[None], axis=-1).min(1)
+    return float((distance < radius).mean())
+
+
+def test_diffusion_reproduces_three_modes_and_bc_collapses(three_modes):
+    """The seed's central claim, as a learning test: a few hundred CPU steps."""
+    episodes, normalizer, spec = three_modes
+    observation = {"state": jnp.zeros((2000, 1, 3))}
+    results = {}
+    for kind in ("diffusion", "bc"):
+        policy = P.make_policy(P.PolicyConfig(kind=kind, **SMALL), normalizer, spec)
+        state, metrics = train_policy(policy, episodes)
+        actions = policy.act(state.ema_params, observation, jax.random.key(5))
+        assert actions.shape == (2000, 4, 2)
+        freqs = oracles.mode_frequencies(oracles.cup_mixture(), np.asarray(actions).mean(1))
+        results[kind] = (freqs, near_mode_fraction(actions))
+    diffusion_freqs, diffusion_near = results["diffusion"]
+    bc_freqs, bc_near = results["bc"]
+    np.testing.assert_allclose(diffusion_freqs, oracles.CUP_MODE_WEIGHTS, atol=0.08)
+    assert diffusion_near > 0.8, results
+    # BC regresses to the mean of the modes: nowhere near any of them.
+    assert bc_near < 0.05, results
+
+
+def test_any_sampler_at_inference_without_retraining(three_modes):
+    episodes, normalizer, spec = three_modes
+    policy = P.make_policy(P.PolicyConfig(**SMALL), normalizer, spec)
+    params = policy.init(jax.random.key(0))
+    observation = {"state": jnp.zeros((3, 1, 3))}
+    for sampler, steps in (("ddpm", 5), ("dpmsolver++", 3), ("heun", 2), ("euler", 1)):
+        actions = policy.act(
+            params, observation, jax.random.key(1), sampler=sampler, num_inference_steps=steps
+        )
+        assert actions.shape == (3, 4, 2) and np.all(np.isfinite(np.asarray(actions)))
+    fn = policy.inference_fn(sampler="ddim", num_inference_steps=7)
+    assert fn is policy.inference_fn(sampler="ddim", num_inference_steps=7)  # cached
+    assert policy.num_denoiser_evaluations("heun", 10) == 19
+
+
+def test_executed_actions_start_at_current_step(three_modes):
+    _, normalizer, spec = three_modes
+    config = P.PolicyConfig(
+        kind="bc", **{**SMALL, "obs_horizon": 2, "pred_horizon": 8, "action_horizon": 3}
+    )
+    policy = P.make_policy(config, normalizer, spec)
+    chunk = jnp.arange(8.0)[None, :, None] * jnp.ones((2, 8, 2))
+    np.testing.assert_array_equal(policy._executed(chunk)[0, :, 0], [1.0, 2.0, 3.0])
+
+
+def test_bad_observations_name_what_is_wrong(three_modes):
+    _, normalizer, spec = three_modes
+    policy = P.make_policy(P.PolicyConfig(**SMALL), normalizer, spec)
+    params = policy.init(jax.random.key(0))
+    key = jax.random.key(0)
+    with pytest.raises(ShapeError, match=r"expected shape \(B, 1, 3\)"):
+        policy.act(params, {"state": np.zeros((2, 1, 4), np.float32)}, key)
+    with pytest.raises(ShapeError, match="missing keys \\['state'\\]"):
+        policy.act(params, {"pos": np.zeros((2, 1, 3), np.float32)}, key)
+    bad = np.zeros((2, 1, 3), np.float32)
+    bad[1, 0, 2] = np.nan
+    with pytest.raises(DataError, match="NaN"):
+        policy.act(params, {"state": bad}, key)
+
+
+def test_bad_configs(three_modes):
+    _, normalizer, spec = three_modes
+    with pytest.raises(ConfigError, match="obs_horizon - 1 \\+ action_horizon"):
+        P.make_policy(
+            P.PolicyConfig(**{**SMALL, "obs_horizon": 3, "action_horizon": 4}), normalizer, spec
+        )
+    with pytest.raises(UnknownNameError, match="unet1d"):
+        P.make_policy(P.PolicyConfig(**{**SMALL, "denoiser": "resnet"}), normalizer, spec)
+    with pytest.raises(UnknownNameError, match="dpmsolver"):
+        P.make_policy(P.PolicyConfig(**{**SMALL, "sampler": "plms"}), normalizer, spec)
+    with pytest.raises(ConfigError, match="num_inference_steps"):
+        P.make_policy(P.PolicyConfig(**{**SMALL, "num_inference_steps": 101}), normalizer, spec)
+    with pytest.raises(ConfigError, match="not in the dataset"):
+        P.make_policy(P.PolicyConfig(**{**SMALL, "low_dim_keys": ("joint",)}), normalizer, spec)
+
+
+@pytest.mark.parametrize("denoiser", ["unet1d", "transformer"])
+def test_other_denoisers_train_step(three_modes, denoiser):
+    episodes, normalizer, spec = three_modes
+    config = P.PolicyConfig(
+        **{
+            **SMALL,
+            "denoiser": denoiser,
+            "obs_horizon": 2,
+            "pred_horizon": 8,
+            "action_horizon": 4,
+            "down_dims": (32, 64),
+            "width": 32,
+            "num_layers": 1,
+            "low_dim_features": 16,
+        }
+    )
+    policy = P.make_policy(config, normalizer, spec)
+    state, metrics = train_policy(policy, episodes, steps=3, batch_size=8)
+    assert np.isfinite(float(metrics["loss"]))
+    actions = policy.act(state.params, {"state": jnp.zeros((2, 2, 3))}, jax.random.key(0))
+    assert actions.shape == (2, 4, 2)
