@@ -18,6 +18,7 @@ from dpjax.errors import DpjaxError
 COMMAND_MODULES: tuple[str, ...] = (
     "dpjax.commands.collect",
     "dpjax.commands.data",
+    "dpjax.commands.train",
     "dpjax.commands.demo",
     "dpjax.commands.bench",
 )

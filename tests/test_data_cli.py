@@ -6,22 +6,26 @@ import numpy as np
 import pytest
 
 from dpjax import cli
+from dpjax.commands.collect import parse_option_value, parse_task_options, resolve_task
 from dpjax.data import load_dataset
+from dpjax.envs import make_task
 from dpjax.envs.base import ArraySpec, Task, rollout_expert
+from dpjax.errors import ConfigError
 
 GOAL = 1.0
 
 
 class LineEnv:
-    """A point on a line that must reach GOAL; seeds = 2 mod 3 get a broken actuator."""
+    """A point on a line that must reach `goal`; seeds = 2 mod 3 get a broken actuator."""
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, goal: float = GOAL):
         self.broken = seed % 3 == 2
+        self.goal = goal
         self.x = 0.0
 
     def _obs(self):
         image = np.full((4, 4, 3), int(self.x * 100) % 256, np.uint8)
-        return {"state": np.float32([self.x, GOAL]), "image": image}
+        return {"state": np.float32([self.x, self.goal]), "image": image}
 
     def reset(self, *, seed=None):
         self.x = 0.0
@@ -29,14 +33,14 @@ class LineEnv:
 
     def step(self, action):
         self.x += float(action[0]) * (-1.0 if self.broken else 1.0)
-        success = abs(self.x - GOAL) < 0.05
+        success = abs(self.x - self.goal) < 0.05
         return self._obs(), float(success), False, False, {"success": success}
 
     def close(self):
         pass
 
 
-def make_fake_task() -> Task:
+def make_fake_task(goal: float = GOAL, max_episode_steps: int = 8) -> Task:
     return Task(
         name="fake-line",
         observation_spec={
@@ -44,8 +48,8 @@ def make_fake_task() -> Task:
             "image": ArraySpec((4, 4, 3), "uint8"),
         },
         action_dim=1,
-        max_episode_steps=8,
-        make_env=LineEnv,
+        max_episode_steps=max_episode_steps,
+        make_env=lambda seed: LineEnv(seed, goal),
         make_expert=lambda env, seed: (
             lambda obs: np.clip([obs["state"][1] - obs["state"][0]], -0.3, 0.3)
         ),
@@ -97,7 +101,7 @@ def test_collect_uses_a_batched_collector(tmp_path, capsys, only_data_commands, 
         ]
 
     batched = dataclasses.replace(make_fake_task(), collect_episodes=collect_episodes)
-    monkeypatch.setattr("dpjax.commands.collect.resolve_task", lambda name: batched)
+    monkeypatch.setattr("dpjax.commands.collect.resolve_task", lambda name, options: batched)
     args = ["collect", "fake", "--episodes", "3", "--out", str(tmp_path / "d"), "--seed", "5"]
     assert cli.main(args) == 0
     assert calls == [(3, 5)]
@@ -116,3 +120,79 @@ def test_cli_errors(tmp_path, capsys, only_data_commands):
     assert cli.main(["collect", task, "--episodes", "1", "--seed", "2", "--out", str(out)]) == 2
     assert "no episodes" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+def test_task_option_values_are_typed():
+    assert parse_task_options(["a=3", "b=0.25", "c=True", "d=false", "e=none", "f=train"]) == {
+        "a": 3,
+        "b": 0.25,
+        "c": True,
+        "d": False,
+        "e": None,
+        "f": "train",
+    }
+    assert isinstance(parse_option_value("3"), int) and isinstance(parse_option_value("3."), float)
+    assert parse_option_value("[0.5, 0.3, 0.2]") == [0.5, 0.3, 0.2]
+    assert parse_option_value('{"max_step_px": 10}') == {"max_step_px": 10}
+    assert parse_option_value(".5") == 0.5 and parse_option_value('"3"') == "3"
+    assert parse_option_value("pick-place") == "pick-place"
+    assert parse_task_options(["position-split=a=b"]) == {"position_split": "a=b"}
+    for bad in (["novalue"], ["=1"], ["a b=1"], ["a=1", "a=2"]):
+        with pytest.raises(ConfigError, match="task-option"):
+            parse_task_options(bad)
+
+
+def test_collect_passes_task_options(tmp_path, capsys, only_data_commands):
+    out = tmp_path / "demos"
+    task = f"{__name__}:make_fake_task"
+    options = ["--task-option", "goal=0.6", "--task-option", "max_episode_steps=3"]
+    assert cli.main(["collect", task, "--episodes", "3", "--out", str(out), *options]) == 0
+    dataset = load_dataset(out)
+    assert len(dataset) == 2  # seed 2 is broken
+    for episode in dataset:
+        assert len(episode["steps"]["action"]) <= 3
+        np.testing.assert_array_equal(
+            episode["steps"]["observation"]["state"][:, 1], np.float32(0.6)
+        )
+    collection = dataset.stats.info["collection"]
+    assert collection["task_options"] == {"goal": 0.6, "max_episode_steps": 3}
+    capsys.readouterr()
+    assert cli.main(["data", "info", str(out)]) == 0
+    assert "task options: goal=0.6, max_episode_steps=3" in capsys.readouterr().out
+
+    bad = ["collect", task, "--episodes", "1", "--out", str(tmp_path / "x")]
+    assert cli.main([*bad, "--task-option", "colour=red"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown option colour" in err and "valid: goal, max_episode_steps" in err
+    assert cli.main([*bad, "--task-option", "goal"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_registered_tasks_name_their_valid_options():
+    with pytest.raises(ConfigError, match="unknown option colour.*valid: max_episode_steps"):
+        make_task("multimodal", colour="red")
+    assert make_task("multimodal", max_episode_steps=50).max_episode_steps == 50
+
+
+def test_pusht_task_options():
+    pytest.importorskip("gym_pusht")
+    task = resolve_task("pusht", parse_task_options(["obs_type=pixels", "damping=0.5"]))
+    assert "image" in task.observation_spec
+    with pytest.raises(ConfigError, match="unknown option colour.*valid: obs_type.*damping"):
+        resolve_task("pusht", {"colour": "red"})
+    with pytest.raises(ConfigError, match="expert_options; valid: max_step_px"):
+        resolve_task("pusht", {"expert_options": {"colour": "red"}})
+
+
+def test_metaworld_task_options(tmp_path, only_data_commands):
+    pytest.importorskip("metaworld")
+    name = "metaworld-drawer-open-v3"
+    with pytest.raises(ConfigError, match="unknown option split.*valid:.*position_split"):
+        resolve_task(name, {"split": "train"})
+    out = tmp_path / "drawer"
+    args = ["collect", name, "--episodes", "1", "--out", str(out)]
+    assert cli.main([*args, "--task-option", "position_split=heldout"]) == 0
+    collection = load_dataset(out).stats.info["collection"]
+    assert collection["task_options"] == {"position_split": "heldout"}
+    assert resolve_task(name, {"position_split": "heldout"}).make_env(0).config.position_split

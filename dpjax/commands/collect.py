@@ -3,14 +3,20 @@
 Runs the task's expert on seeds S, S+1, ..., S+N-1, keeps the successful episodes and writes
 them with `dpjax.data.write_dataset` (atomically). TASK is a registered task name
 (`dpjax.envs.task_names()`) or `package.module:factory` for a task defined elsewhere.
+`--task-option KEY=VALUE` (repeatable) passes KEY=VALUE to the task's factory, e.g.
+`--task-option obs_type=pixels` for PushT or `--task-option position_split=train` for
+Meta-World; VALUE is read as JSON where it parses (numbers, true/false, null, lists, dicts),
+as a string otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 # Episodes per call of a task's batched collector: big enough to amortize its compilation
@@ -32,23 +38,68 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--action-noise", type=float, default=0.0, help="std of Gaussian noise on expert actions"
     )
+    parser.add_argument(
+        "--task-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="option of the task's factory (repeatable), e.g. obs_type=pixels",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     parser.set_defaults(func=run)
 
 
-def resolve_task(name: str):
-    """A registered task name, or "module:factory" (factory() -> Task)."""
-    if ":" in name:
-        from dpjax.errors import ConfigError
+def parse_task_options(items: Sequence[str]) -> dict[str, Any]:
+    """["a=1", "b=0.5", "c=true", "d=train"] -> {"a": 1, "b": 0.5, "c": True, "d": "train"}."""
+    from dpjax.errors import ConfigError
 
-        module_name, _, factory = name.partition(":")
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key.isidentifier():
+            raise ConfigError(f"--task-option wants KEY=VALUE, got {item!r}")
+        if key in options:
+            raise ConfigError(f"--task-option {key} given twice")
+        options[key] = parse_option_value(text)
+    return options
+
+
+def parse_option_value(text: str) -> Any:
+    """int, float, bool (true/false, any case), None (none/null), JSON list/dict, else str."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:  # what JSON does not spell: "3.", ".5", "inf"
+        return float(text)
+    except ValueError:
+        return text
+
+
+def resolve_task(name: str, options: dict[str, Any] | None = None):
+    """A registered task name, or "module:factory" (factory(**options) -> Task)."""
+    from dpjax.errors import ConfigError
+
+    options = dict(options or {})
+    if ":" in name:
+        from dpjax.envs import check_options
+
+        module_name, _, factory_name = name.partition(":")
         try:
-            return getattr(importlib.import_module(module_name), factory)()
+            factory = getattr(importlib.import_module(module_name), factory_name)
         except (ImportError, AttributeError) as e:
             raise ConfigError(f"cannot load task factory {name!r}: {e}") from e
+        check_options(factory, options, f"task {name!r}")
+        return factory(**options)
     from dpjax.envs import make_task
 
-    return make_task(name)
+    return make_task(name, **options)
 
 
 def expert_episodes(task, num_episodes: int, seed: int, action_noise: float) -> Iterator[Any]:
@@ -64,25 +115,41 @@ def expert_episodes(task, num_episodes: int, seed: int, action_noise: float) -> 
         yield from collector(count, seed + start, action_noise=action_noise)
 
 
-def run(args: argparse.Namespace) -> int:
+def collect(
+    task,
+    out: str | Path,
+    *,
+    episodes: int,
+    seed: int = 0,
+    action_noise: float = 0.0,
+    overwrite: bool = False,
+    task_options: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> tuple[Path, dict[str, Any]]:
+    """Runs `task`'s expert for `episodes` seeds and writes the successful episodes to `out`.
+
+    Returns the dataset path and the collection record stored in its statistics
+    (`stats.info["collection"]`): attempts, kept episodes, success rate, expert steps and
+    seconds, wall time. What `dpjax collect` runs; benchmarks call it too.
+    """
     from tqdm import tqdm
 
     from dpjax.data import write_dataset
     from dpjax.errors import ConfigError
 
-    if args.episodes < 1:
+    if episodes < 1:
         raise ConfigError("--episodes must be >= 1")
-    task = resolve_task(args.task)
     counts = {"attempted": 0, "kept": 0, "steps": 0, "expert_s": 0.0}
     start = time.perf_counter()
 
     def successful() -> Iterator[Any]:
-        episodes = expert_episodes(task, args.episodes, args.seed, args.action_noise)
-        with tqdm(total=args.episodes, unit="ep", desc=f"collect {task.name}") as bar:
+        stream = expert_episodes(task, episodes, seed, action_noise)
+        bar = tqdm(total=episodes, unit="ep", desc=f"collect {task.name}", disable=not progress)
+        with bar:
             while True:
                 # Expert time alone, apart from encoding and writing, is what tasks compare on.
                 tick = time.perf_counter()
-                episode = next(episodes, None)
+                episode = next(stream, None)
                 counts["expert_s"] += time.perf_counter() - tick
                 if episode is None:
                     return
@@ -95,33 +162,47 @@ def run(args: argparse.Namespace) -> int:
                     yield episode
 
     def collection_info() -> dict[str, Any]:
-        elapsed = time.perf_counter() - start
         return {
-            "collection": {
-                "task": task.name,
-                "expert": task.expert_name,
-                "seed": args.seed,
-                "action_noise": args.action_noise,
-                "episodes_attempted": counts["attempted"],
-                "episodes_kept": counts["kept"],
-                "expert_success_rate": counts["kept"] / max(counts["attempted"], 1),
-                "steps_per_second": counts["steps"] / max(counts["expert_s"], 1e-9),
-                "wall_seconds": elapsed,
-            }
+            "task": task.name,
+            "task_options": dict(task_options or {}),
+            "expert": task.expert_name,
+            "seed": seed,
+            "action_noise": action_noise,
+            "episodes_attempted": counts["attempted"],
+            "episodes_kept": counts["kept"],
+            "expert_success_rate": counts["kept"] / max(counts["attempted"], 1),
+            "expert_steps": counts["steps"],
+            "expert_seconds": counts["expert_s"],
+            "steps_per_second": counts["steps"] / max(counts["expert_s"], 1e-9),
+            "wall_seconds": time.perf_counter() - start,
         }
 
     path = write_dataset(
         successful(),
-        args.out,
+        out,
         name=task.name,
-        overwrite=args.overwrite,
-        info=collection_info,
+        overwrite=overwrite,
+        info=lambda: {"collection": collection_info()},
         description=f"{task.name} demonstrations by the {task.expert_name} expert",
     )
-    info = collection_info()["collection"]
+    return path, collection_info()
+
+
+def run(args: argparse.Namespace) -> int:
+    options = parse_task_options(args.task_option)
+    task = resolve_task(args.task, options)
+    path, info = collect(
+        task,
+        args.out,
+        episodes=args.episodes,
+        seed=args.seed,
+        action_noise=args.action_noise,
+        overwrite=args.overwrite,
+        task_options=options,
+    )
     print(
-        f"kept {counts['kept']}/{counts['attempted']} episodes "
-        f"(expert success rate {info['expert_success_rate']:.1%}), {counts['steps']} steps, "
+        f"kept {info['episodes_kept']}/{info['episodes_attempted']} episodes "
+        f"(expert success rate {info['expert_success_rate']:.1%}), {info['expert_steps']} steps, "
         f"expert {info['steps_per_second']:.0f} steps/s, {info['wall_seconds']:.1f} s in all "
         f"-> {path}"
     )

@@ -62,6 +62,9 @@ def describe(dataset) -> list[str]:
             f"({collection['episodes_kept']}/{collection['episodes_attempted']} episodes kept), "
             f"expert ran at {collection['steps_per_second']:.0f} steps/s"
         )
+        options = collection.get("task_options")
+        if options:
+            lines.append("task options: " + ", ".join(f"{k}={v!r}" for k, v in options.items()))
     elif "source" in stats.info:
         lines.append(f"imported from: {stats.info['source']}")
     return lines

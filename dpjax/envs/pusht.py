@@ -138,6 +138,15 @@ def make_task(obs_type: str = "state", **options) -> Task:
         )
     expert_options = dict(options.pop("expert_options", {}))
     import_gym_pusht()  # fail at task creation, not at the first episode
+    from gym_pusht.envs import PushTEnv as PackageEnv
+
+    from dpjax.envs import check_options
+
+    # The other options go to the package's own env constructor.
+    check_options(
+        PackageEnv.__init__, options, "task 'pusht'", positional=1, extra=("expert_options",)
+    )
+    check_options(PushTExpert, expert_options, "PushT expert_options", positional=1)
 
     return Task(
         name="pusht",

@@ -1,0 +1,76 @@
+"""`dpjax train CONFIG [--set field=value ...] [--out RUN_DIR] [--resume | --overwrite]`.
+
+CONFIG is a Python file defining `CONFIG = TrainConfig(...)`, or the name of one in
+experiments/. Any field can be overridden: `--set policy.denoiser=mlp --set num_steps=200`.
+`dpjax train --resume RUN_DIR` continues a run from its last checkpoint with its saved config.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a policy from a config",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("config", nargs="?", help="config file or experiments/ name")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a config field (repeatable)",
+    )
+    parser.add_argument("--out", help="run directory (default: runs/<config name>)")
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        nargs="?",
+        const=True,
+        help="continue the run in RUN_DIR (or --out) from its last checkpoint",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run")
+    parser.add_argument("--print-config", action="store_true", help="print the config and exit")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from dpjax import config as config_lib
+    from dpjax.errors import ConfigError
+    from dpjax.run import TrainConfig, describe, load_run_config, train
+
+    if isinstance(args.resume, str):
+        run_dir = Path(args.resume)
+        config = load_run_config(run_dir)
+    elif args.config is None:
+        raise ConfigError("give a CONFIG (file or experiments/ name), or --resume RUN_DIR")
+    else:
+        config = config_lib.load_config_file(args.config)
+        if not isinstance(config, TrainConfig):
+            raise ConfigError(
+                f"{args.config}: CONFIG is a {type(config).__name__}, not a TrainConfig"
+            )
+        run_dir = Path(args.out or Path("runs") / Path(args.config).stem)
+    config = config_lib.apply_overrides(config, args.set)
+    if args.print_config:
+        print(describe(config))
+        return 0
+    resume = bool(args.resume)
+    if resume and args.set:
+        # The saved config is authoritative on resume; overrides are applied and recorded.
+        from dpjax.checkpoint import save_json_atomic
+
+        save_json_atomic(run_dir / "config.json", config_lib.to_dict(config))
+    summary = train(config, run_dir, resume=resume, overwrite=args.overwrite)
+    print(
+        f"trained to step {summary.get('final_step', summary['start_step'])}: "
+        f"loss {summary.get('loss', float('nan')):.4f}"
+        + (f", val loss {summary['val_loss']:.4f}" if "val_loss" in summary else "")
+        + f"\nrun directory: {run_dir} (continue with: dpjax train --resume {run_dir})"
+    )
+    return 0
