@@ -145,8 +145,13 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    stop_at_step: int | None = None,
 ) -> dict[str, Any]:
-    """Trains `config` into `run_dir`; returns a summary (final loss, val loss, speed)."""
+    """Trains `config` into `run_dir`; returns a summary (final loss, val loss, speed).
+
+    `stop_at_step` ends this invocation early (after checkpointing that step), as a time-boxed
+    job or an interruption would; `resume=True` later continues to `config.num_steps`.
+    """
     from tqdm import tqdm
 
     from dpjax.logs import MetricsLog
@@ -216,8 +221,9 @@ def train(
             is_eval = eval_fn is not None and (
                 step % config.eval_every == 0 or step == config.num_steps
             )
-            is_ckpt = step % config.checkpoint_every == 0 or step == config.num_steps
-            if not (is_log or is_eval or is_ckpt):
+            stopping = step == stop_at_step
+            is_ckpt = step % config.checkpoint_every == 0 or step == config.num_steps or stopping
+            if not (is_log or is_eval or is_ckpt or stopping):
                 continue
             record = {k: float(v) for k, v in jax.device_get(metrics).items()}
             if not all(math.isfinite(v) for v in record.values()):
@@ -236,6 +242,8 @@ def train(
             if is_ckpt and checkpointer.latest_step() != step:
                 checkpointer.save(step, state, metadata=metadata, val_loss=val_loss)
             summary.update({"final_step": step, **record})
+            if stopping:
+                break
     finally:
         bar.close()
         log.close()
