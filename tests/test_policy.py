@@ -158,3 +158,15 @@ def test_other_denoisers_train_step(three_modes, denoiser):
     assert np.isfinite(float(metrics["loss"]))
     actions = policy.act(state.params, {"state": jnp.zeros((2, 2, 3))}, jax.random.key(0))
     assert actions.shape == (2, 4, 2)
+
+
+def test_bfloat16_compute_trains_and_acts(three_modes):
+    episodes, normalizer, spec = three_modes
+    config = P.PolicyConfig(**{**SMALL, "dtype": "bfloat16"})
+    policy = P.make_policy(config, normalizer, spec)
+    state, metrics = train_policy(policy, episodes, steps=3, batch_size=8)
+    assert np.isfinite(float(metrics["loss"]))
+    leaves = jax.tree.leaves(state.params)
+    assert all(leaf.dtype == jnp.float32 for leaf in leaves)  # float32 master weights
+    actions = policy.act(state.params, {"state": jnp.zeros((2, 1, 3))}, jax.random.key(0))
+    assert actions.dtype == jnp.float32 and np.all(np.isfinite(np.asarray(actions)))

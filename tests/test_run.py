@@ -155,7 +155,7 @@ episodes = three_mode_episodes(30, seed=0)
 stats = compute_stats(episodes)
 normalizer = Normalizer.from_stats(stats, ["action", "observation/state"])
 config = P.PolicyConfig(action_dim=2, obs_horizon=2, pred_horizon=8, action_horizon=4,
-                        denoiser="unet1d", down_dims=(16, 32), n_groups=4, low_dim_features=8)
+                        denoiser="mlp", hidden_dims=(64, 64), low_dim_features=8)
 policy = P.make_policy(config, normalizer, P.observation_spec_from_stats(stats, ["state"]))
 host_data = make_window_data(episodes, obs_horizon=2, pred_horizon=8, action_horizon=4)
 optim = T.OptimConfig(learning_rate=1e-3, warmup_steps=2)
