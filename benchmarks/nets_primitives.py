@@ -1,0 +1,117 @@
+"""Times the UNet's temporal-conv primitives: XLA's conv vs the matmul forms in dpjax.nets.conv1d.
+
+    python benchmarks/nets_primitives.py [--batches 1 64] [--budget 1.0] [--unet]
+
+Shapes are those ConditionalUnet1D(down_dims=(256, 512, 1024)) sees at horizon 16. Each entry is
+the median wall time of one jitted call (ms), after a compile-and-warm-up call.
+"""
+
+import argparse
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dpjax.nets import conv1d
+
+# (name, length, c_in, c_out): stride-1 width-5 convs of the UNet at horizon 16
+SAME = [("L16 256->256", 16, 256, 256), ("L8 512->512", 8, 512, 512),
+        ("L4 1024->1024", 4, 1024, 1024), ("L4 2048->512", 4, 2048, 512)]  # fmt: skip
+DOWN = [("L16 C256", 16, 256), ("L8 C512", 8, 512)]
+UP = [("L4 C512", 4, 512), ("L8 C256", 8, 256)]
+
+
+def time_call(fn, *args, budget: float) -> float:
+    """Median milliseconds of `fn(*args)` over as many calls as fit in `budget` s (3 to 20)."""
+    jax.block_until_ready(fn(*args))
+    times = []
+    start = time.perf_counter()
+    while len(times) < 3 or (len(times) < 20 and time.perf_counter() - start < budget):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
+
+
+def time_all(impls: dict, x, w, budget: float) -> dict:
+    return {name: time_call(jax.jit(fn), x, w, budget=budget) for name, fn in impls.items()}
+
+
+def rows(batch: int, budget: float):
+    """Yields (primitive, shape, {impl: ms}) for one batch size."""
+    key = jax.random.PRNGKey(0)
+    for name, length, ci, co in SAME:
+        x = jax.random.normal(key, (batch, length, ci))
+        w = jax.random.normal(key, (co, 5, ci)) * 0.02
+        impls = {
+            "lax": conv1d.conv1d_lax,
+            "taps": conv1d.conv1d_same_taps,
+            "stacked": conv1d.conv1d_same,
+        }
+        yield "conv k5", name, time_all(impls, x, w, budget)
+    for name, length, ch in DOWN:
+        x = jax.random.normal(key, (batch, length, ch))
+        w = jax.random.normal(key, (ch, 3, ch)) * 0.02
+        impls = {
+            "lax": lambda x, w: conv1d.conv1d_lax(x, w, 2, 1),
+            "stacked": conv1d.conv1d_stride2,
+        }
+        yield "down k3 s2", name, time_all(impls, x, w, budget)
+    for name, length, ch in UP:
+        x = jax.random.normal(key, (batch, length, ch))
+        w = jax.random.normal(key, (ch, 4, ch)) * 0.02
+        impls = {"lax": conv1d.conv_transpose1d_lax, "stacked": conv1d.conv_transpose1d_x2}
+        yield "up k4 s2", name, time_all(impls, x, w, budget)
+
+
+def unet_rows(batch: int, budget: float):
+    """Yields (impl, ms) for one call of the full 63.5M-parameter UNet at horizon 16."""
+    from dpjax.nets import ConditionalUnet1D
+    from dpjax.nets.testing import numpy_params
+
+    x, t = jnp.zeros((batch, 16, 2)), jnp.zeros((batch,), jnp.int32)
+    cond = jnp.zeros((batch, 36))
+    model = ConditionalUnet1D(action_dim=2, global_cond_dim=36)
+    params = numpy_params(model, x, t, cond)
+    # lax convs at batch 64 take minutes per call here; measured at batch 1 only
+    for impl in ("matmul", "lax") if batch == 1 else ("matmul",):
+        apply = jax.jit(model.clone(conv_impl=impl).apply)
+        yield impl, time_call(apply, params, x, t, cond, budget=budget)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--budget", type=float, default=1.0, help="seconds per measurement")
+    parser.add_argument("--unet", action="store_true", help="also time whole UNet calls")
+    args = parser.parse_args()
+    cpu = platform.processor() or platform.machine()
+    print(f"# jax {jax.__version__}, {jax.devices()[0].device_kind}, {cpu}, {os.cpu_count()} cores")
+    print("# ms per call (median); lax = lax.conv_general_dilated (what nn.Conv runs);")
+    print("# taps = sum of k shifted matmuls; stacked = one matmul over stacked taps (dpjax)")
+    cols = ["lax", "taps", "stacked", "speedup"]
+    print(
+        f"| {'primitive':<10} | {'shape':<14} | {'batch':>5} | "
+        + " | ".join(f"{c:>9}" for c in cols)
+        + " |"
+    )
+    print(f"|{'-' * 12}|{'-' * 16}|{'-' * 7}|" + "|".join("-" * 11 for _ in cols) + "|")
+    for batch in args.batches:
+        for prim, shape, ms in rows(batch, args.budget):
+            taps = f"{ms['taps']:9.3f}" if "taps" in ms else f"{'-':>9}"
+            speedup = ms["lax"] / ms["stacked"]
+            print(f"| {prim:<10} | {shape:<14} | {batch:>5} | {ms['lax']:9.3f} | {taps} | "
+                  f"{ms['stacked']:9.3f} | {speedup:8.1f}x |", flush=True)  # fmt: skip
+    if args.unet:
+        print("\n| UNet (256,512,1024), H=16 | batch | ms per call |")
+        print("|---------------------------|-------|-------------|")
+        for batch in args.batches:
+            for impl, ms in unet_rows(batch, args.budget):
+                print(f"| conv_impl={impl:<15} | {batch:>5} | {ms:11.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
