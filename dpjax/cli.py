@@ -19,7 +19,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "dpjax.commands.collect",
     "dpjax.commands.data",
     "dpjax.commands.train",
+    "dpjax.commands.eval",
     "dpjax.commands.demo",
+    "dpjax.commands.sampler_demo",
     "dpjax.commands.bench",
 )
 

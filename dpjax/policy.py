@@ -263,8 +263,15 @@ class Policy:
         }
 
     def init(self, key: jax.Array) -> Any:
+        """Initial parameters. Compiled once with LLVM optimization off: run once, an init
+        program compiles ~3x faster that way (34 s eager vs 12 s for a small UNet here)."""
         c = self.config
         noisy = jnp.zeros((1, c.pred_horizon, c.action_dim))
+        return jax.jit(self._init, compiler_options={"xla_backend_optimization_level": 0})(
+            key, noisy
+        )
+
+    def _init(self, key: jax.Array, noisy: jnp.ndarray) -> Any:
         return self.network.init(
             key, self.example_observation(1), noisy, jnp.zeros((1,), jnp.int32)
         )

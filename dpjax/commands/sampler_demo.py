@@ -1,4 +1,4 @@
-"""`dpjax demo`: every sampler on the seed's three-approach cup example, with an exact denoiser.
+"""`dpjax sampler-demo`: every sampler on the seed's three-approach cup example, with an exact denoiser.
 
 The data is the seed's multimodal grasp: approach from north (45%), east (40%) or south
 (15%), as a 2-D Gaussian mixture whose exact epsilon-prediction is closed-form
@@ -19,12 +19,12 @@ DEFAULT_STEPS = (1, 2, 5, 10, 20, 100)
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "demo",
-        help="run the end-to-end demo (samplers on the seed's multimodal example)",
+        "sampler-demo",
+        help="every sampler on the seed's multimodal example, with an exact denoiser",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--out", default="dpjax_demo", help="directory for results")
+    parser.add_argument("--out", default="dpjax_sampler_demo", help="directory for results")
     parser.add_argument("--samples", type=int, default=4000, help="samples per sampler and step")
     parser.add_argument("--steps", type=int, nargs="+", default=list(DEFAULT_STEPS))
     parser.add_argument("--quick", action="store_true", help="a small size for tests")

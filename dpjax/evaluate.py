@@ -1,0 +1,321 @@
+"""Closed-loop evaluation: receding-horizon rollouts and the metrics the seed's claims need.
+
+Receding horizon: at each replanning step the policy sees the last `obs_horizon`
+observations, predicts a chunk, and the next `action_horizon` actions are executed before it
+replans. On the pure-JAX multimodal task all episodes, the environment and the policy run
+inside one compiled program (`lax.scan` over time, the policy batched over episodes).
+
+Metrics: success rate with a 95% Wilson interval, mode frequencies against the expert's,
+smoothness (mean squared jerk of executed actions; the jump between consecutive chunks
+against the typical step within a chunk), time per action chunk (median, p95) and the
+resulting control rate, and denoiser evaluations per chunk.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dpjax.errors import ConfigError
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion (sound at 0% and 100%)."""
+    if trials == 0:
+        return (0.0, 1.0)
+    p = successes / trials
+    denom = 1 + z**2 / trials
+    center = (p + z**2 / (2 * trials)) / denom
+    half = z * math.sqrt(p * (1 - p) / trials + z**2 / (4 * trials**2)) / denom
+    return (max(0.0, center - half), min(1.0, center + half))
+
+
+def mean_squared_jerk(actions: np.ndarray, lengths: np.ndarray) -> float:
+    """Mean over episodes and valid steps of |third difference of actions|^2.
+
+    actions (N, T, A), lengths (N,) executed steps per episode.
+    """
+    values = []
+    for a, n in zip(actions, lengths, strict=True):
+        if n >= 4:
+            jerk = np.diff(a[:n], n=3, axis=0)
+            values.append(float(np.mean(np.sum(jerk**2, axis=-1))))
+    return float(np.mean(values)) if values else float("nan")
+
+
+def chunk_boundary_jumps(actions: np.ndarray, lengths: np.ndarray, action_horizon: int):
+    """(mean |a_t - a_{t-1}| where t starts a new chunk, mean |a_t - a_{t-1}| inside chunks)."""
+    boundary, inside = [], []
+    for a, n in zip(actions, lengths, strict=True):
+        steps = np.linalg.norm(np.diff(a[:n], axis=0), axis=-1)  # step t -> t+1 at index t
+        for t in range(1, n):
+            (boundary if t % action_horizon == 0 else inside).append(steps[t - 1])
+    mean = lambda x: float(np.mean(x)) if x else float("nan")
+    return mean(boundary), mean(inside)
+
+
+def measure_chunk_latency(policy, params, repeats: int = 20, **options) -> dict[str, float]:
+    """Median and p95 wall time of one (batch-1) observation -> action chunk call."""
+    fn = policy.inference_fn(**options)
+    observation = policy.example_observation(1)
+    key = jax.random.key(0)
+    jax.block_until_ready(fn(params, observation, key))  # compile
+    times = []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(params, observation, jax.random.fold_in(key, i)))
+        times.append(time.perf_counter() - t0)
+    median = statistics.median(times)
+    return {
+        "chunk_latency_ms": median * 1e3,
+        "chunk_latency_p95_ms": float(np.percentile(times, 95)) * 1e3,
+        "max_control_hz": policy.config.action_horizon / median,
+    }
+
+
+# ----------------------------------------------------------------- multimodal (pure JAX)
+
+
+def rollout_multimodal(
+    policy, params, *, num_episodes: int, seed: int, env_config=None, **options
+) -> dict[str, np.ndarray]:
+    """All episodes and the policy in one compiled program. Episode i starts as the expert's
+    episode with seed `seed + i` does. Returns numpy arrays: positions (N, T+1, 2),
+    actions (N, T, 2), cup (N, 2), success, collision (N,) bool, mode (N,), length (N,)."""
+    from dpjax.envs import multimodal as mm
+
+    config = env_config or mm.DEFAULT_CONFIG
+    c = policy.config
+    if c.low_dim_keys != ("state",) or c.image_keys:
+        raise ConfigError("the multimodal task observes {'state': (6,)} only")
+    chunk_fn = policy.inference_fn(**options)
+    horizon = c.action_horizon
+
+    @jax.jit
+    def run(params, seeds, key):
+        reset_keys = jax.vmap(lambda s: mm.episode_keys(jax.random.key(s))[0])(seeds)
+        states = jax.vmap(lambda k: mm.reset(k, config))(reset_keys)
+        first = jax.vmap(mm.observe)(states)
+        history = jnp.repeat(first[:, None], c.obs_horizon, axis=1)
+        queue = jnp.zeros((seeds.shape[0], horizon, c.action_dim))
+
+        def body(carry, t):
+            states, history, queue = carry
+            obs = jax.vmap(mm.observe)(states)
+            history = jnp.concatenate([history[:, 1:], obs[:, None]], axis=1)
+            index = t % horizon
+            queue = jax.lax.cond(
+                index == 0,
+                lambda: chunk_fn(params, {"state": history}, jax.random.fold_in(key, t)),
+                lambda: queue,
+            )
+            action = queue[:, index]
+            states, *_ = jax.vmap(lambda s, a: mm.step(s, a, config))(states, action)
+            return (states, history, queue), (action, states.agent)
+
+        (final, _, _), (actions, positions) = jax.lax.scan(
+            body, (states, history, queue), jnp.arange(config.max_episode_steps)
+        )
+        return {
+            "positions": jnp.concatenate([first[:, None, :2], positions.swapaxes(0, 1)], 1),
+            "actions": actions.swapaxes(0, 1),
+            "cup": final.cup,
+            "success": final.success,
+            "collision": final.collided,
+            "mode": jax.vmap(mm.mode_of_offset)(final.closest_offset, final.closest_distance),
+            "length": final.t,
+        }
+
+    seeds = jnp.arange(seed, seed + num_episodes, dtype=jnp.uint32)
+    return jax.device_get(run(params, seeds, jax.random.key(seed)))
+
+
+def summarize_multimodal(rollouts: dict[str, np.ndarray], action_horizon: int) -> dict[str, Any]:
+    from dpjax.envs.multimodal import MODE_PROBS, MODES
+
+    n = len(rollouts["success"])
+    successes = int(np.sum(rollouts["success"]))
+    modes = np.asarray(rollouts["mode"])
+    with_mode = modes[modes >= 0]
+    freqs = {
+        name: float(np.mean(with_mode == k)) if len(with_mode) else 0.0
+        for k, name in enumerate(MODES)
+    }
+    success_modes = modes[np.asarray(rollouts["success"], bool)]
+    boundary, inside = chunk_boundary_jumps(rollouts["actions"], rollouts["length"], action_horizon)
+    return {
+        "episodes": n,
+        "success_rate": successes / n,
+        "success_ci95": wilson_interval(successes, n),
+        "collision_rate": float(np.mean(rollouts["collision"])),
+        "mode_frequencies": freqs,
+        "success_mode_frequencies": {
+            name: float(np.mean(success_modes == k)) if len(success_modes) else 0.0
+            for k, name in enumerate(MODES)
+        },
+        "no_mode_fraction": float(np.mean(modes < 0)),
+        "expert_mode_frequencies": dict(zip(MODES, MODE_PROBS, strict=True)),
+        "mean_squared_jerk": mean_squared_jerk(rollouts["actions"], rollouts["length"]),
+        "chunk_jump": boundary,
+        "within_chunk_step": inside,
+        "mean_episode_length": float(np.mean(rollouts["length"])),
+    }
+
+
+def evaluate_multimodal(
+    policy,
+    params,
+    *,
+    num_episodes: int = 100,
+    seed: int = 100_000,
+    latency: bool = True,
+    **options,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(metrics, rollouts) of `policy` on the multimodal task; sampler options pass through."""
+    rollouts = rollout_multimodal(policy, params, num_episodes=num_episodes, seed=seed, **options)
+    metrics = summarize_multimodal(rollouts, policy.config.action_horizon)
+    metrics["denoiser_evaluations"] = policy.num_denoiser_evaluations(
+        options.get("sampler"), options.get("num_inference_steps")
+    )
+    if latency:
+        metrics.update(measure_chunk_latency(policy, params, **options))
+    return metrics, rollouts
+
+
+def plot_multimodal(rollouts_by_name: dict[str, dict], path, max_episodes: int = 60):
+    """Trajectories of each policy, colored by the mode (side) they approached the cup from."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.patches as patches
+    import matplotlib.pyplot as plt
+
+    from dpjax.envs import multimodal as mm
+
+    colors = {0: "tab:blue", 1: "tab:orange", 2: "tab:green", -1: "tab:gray"}
+    names = list(rollouts_by_name)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4.2), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        r = rollouts_by_name[name]
+        for i in range(min(max_episodes, len(r["success"]))):
+            p = r["positions"][i, : int(r["length"][i]) + 1] - r["cup"][i]
+            style = "-" if r["success"][i] else ":"
+            ax.plot(p[:, 0], p[:, 1], style, color=colors[int(r["mode"][i])], lw=1, alpha=0.7)
+        ax.add_patch(patches.Circle((0, 0), mm.CUP_RADIUS, color="black"))
+        ax.add_patch(patches.Rectangle(
+            (mm.WALL_X[0], -mm.WALL_HALF_HEIGHT), mm.WALL_X[1] - mm.WALL_X[0],
+            2 * mm.WALL_HALF_HEIGHT, color="dimgray"))  # fmt: skip
+        rate = float(np.mean(r["success"]))
+        ax.set_title(f"{name}: success {rate:.0%}")
+        ax.set_xlim(-1.05, 0.45)
+        ax.set_ylim(-0.75, 0.75)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles = [plt.Line2D([], [], color=colors[k], label=lbl) for k, lbl in
+               [(0, "north"), (1, "east"), (2, "south"), (-1, "no valid side")]]  # fmt: skip
+    fig.legend(handles=handles, loc="lower center", ncol=4, frameon=False)
+    fig.suptitle("Rollouts in the cup frame (solid: success, dotted: failure; wall at left)")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------- simulator tasks (gym)
+
+
+def rollout_gym(
+    task,
+    policy,
+    params,
+    *,
+    num_episodes: int,
+    seed: int,
+    num_envs: int = 10,
+    progress=None,
+    **options,
+) -> dict[str, Any]:
+    """Episodes on seeds seed..seed+N-1, `num_envs` environments stepped in lockstep so the
+    policy is called on a batch. Returns lists: success, length, actions (T_i, A), and where
+    the env reports it (PushT) max/final coverage."""
+    c = policy.config
+    keys = [*c.low_dim_keys, *c.image_keys]
+    chunk_fn = policy.inference_fn(**options)
+    out: dict[str, list] = {"success": [], "length": [], "actions": [], "max_coverage": [],
+                            "final_coverage": []}  # fmt: skip
+    key = jax.random.key(seed)
+    for start in range(seed, seed + num_episodes, num_envs):
+        seeds = list(range(start, min(start + num_envs, seed + num_episodes)))
+        envs = [task.make_env(s) for s in seeds]
+        try:
+            first = [env.reset(seed=s)[0] for env, s in zip(envs, seeds, strict=True)]
+            history = {k: np.stack([np.repeat(o[k][None], c.obs_horizon, 0) for o in first])
+                       for k in keys}  # fmt: skip
+            done = np.zeros(len(envs), bool)
+            success = np.zeros(len(envs), bool)
+            length = np.zeros(len(envs), int)
+            coverage = [[] for _ in envs]
+            actions = [[] for _ in envs]
+            queue = None
+            for t in range(task.max_episode_steps):
+                if t % c.action_horizon == 0:
+                    batch = {k: jnp.asarray(v) for k, v in history.items()}
+                    queue = np.asarray(chunk_fn(params, batch, jax.random.fold_in(key, start + t)))
+                for i, env in enumerate(envs):
+                    if done[i]:
+                        continue
+                    action = queue[i, t % c.action_horizon]
+                    obs, _, terminated, truncated, info = env.step(action)
+                    actions[i].append(action)
+                    length[i] += 1
+                    success[i] |= bool(info.get("success", False))
+                    if "coverage" in info:
+                        coverage[i].append(float(info["coverage"]))
+                    done[i] = success[i] or terminated or truncated
+                    for k in keys:
+                        history[k][i] = np.concatenate([history[k][i][1:], obs[k][None]], 0)
+                if progress is not None:
+                    progress()
+                if done.all():
+                    break
+        finally:
+            for env in envs:
+                env.close()
+        out["success"] += success.tolist()
+        out["length"] += length.tolist()
+        out["actions"] += [np.asarray(a) for a in actions]
+        out["max_coverage"] += [max(cv) if cv else float("nan") for cv in coverage]
+        out["final_coverage"] += [cv[-1] if cv else float("nan") for cv in coverage]
+    return out
+
+
+def summarize_gym(rollouts: dict[str, Any], action_horizon: int) -> dict[str, Any]:
+    n = len(rollouts["success"])
+    successes = int(np.sum(rollouts["success"]))
+    horizon = max(len(a) for a in rollouts["actions"])
+    dim = rollouts["actions"][0].shape[-1]
+    padded = np.zeros((n, horizon, dim))
+    for i, a in enumerate(rollouts["actions"]):
+        padded[i, : len(a)] = a
+    lengths = np.asarray(rollouts["length"])
+    boundary, inside = chunk_boundary_jumps(padded, lengths, action_horizon)
+    metrics = {
+        "episodes": n,
+        "success_rate": successes / n,
+        "success_ci95": wilson_interval(successes, n),
+        "mean_squared_jerk": mean_squared_jerk(padded, lengths),
+        "chunk_jump": boundary,
+        "within_chunk_step": inside,
+        "mean_episode_length": float(np.mean(lengths)),
+    }
+    if not all(math.isnan(v) for v in rollouts["max_coverage"]):
+        metrics["max_coverage"] = float(np.nanmean(rollouts["max_coverage"]))
+        metrics["final_coverage"] = float(np.nanmean(rollouts["final_coverage"]))
+    return metrics

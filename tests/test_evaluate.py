@@ -1,0 +1,78 @@
+"""Evaluation metrics on hand-made trajectories, and rollouts through the real loop."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dpjax import evaluate
+from dpjax.envs import multimodal as mm
+
+
+def test_wilson_interval_known_values():
+    lo, hi = evaluate.wilson_interval(50, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
+    lo, hi = evaluate.wilson_interval(0, 20)
+    assert lo == 0.0 and hi == pytest.approx(0.1611, abs=1e-3)
+    assert evaluate.wilson_interval(20, 20)[1] == 1.0
+
+
+def test_jerk_of_known_trajectories():
+    t = np.arange(10, dtype=np.float64)
+    linear = np.stack([t, 2 * t], -1)[None]  # constant velocity: zero jerk
+    cubic = np.stack([t**3, np.zeros_like(t)], -1)[None]  # third difference of t^3 is 6
+    lengths = np.array([10])
+    assert evaluate.mean_squared_jerk(linear, lengths) == pytest.approx(0.0)
+    assert evaluate.mean_squared_jerk(cubic, lengths) == pytest.approx(36.0)
+    # Only the executed prefix counts: a spike after `length` is ignored.
+    spiky = cubic.copy()
+    spiky[0, 8:] = 1e6
+    assert evaluate.mean_squared_jerk(spiky, np.array([8])) == pytest.approx(36.0)
+
+
+def test_chunk_boundary_jumps():
+    # Steps of 0.1 inside chunks of 4 and a jump of 1.0 at each chunk start.
+    actions, x = [], 0.0
+    for t in range(12):
+        x += 1.0 if (t % 4 == 0 and t > 0) else (0.1 if t > 0 else 0.0)
+        actions.append([x, 0.0])
+    boundary, inside = evaluate.chunk_boundary_jumps(np.asarray([actions]), np.array([12]), 4)
+    assert boundary == pytest.approx(1.0) and inside == pytest.approx(0.1)
+
+
+def test_mode_assignment_of_hand_made_trajectories():
+    cup = jnp.zeros(2)
+    north = jnp.stack([jnp.linspace(-0.6, 0.0, 20), jnp.linspace(0.0, 0.13, 20)], -1)
+    south = north * jnp.array([1.0, -1.0])
+    east = jnp.stack([jnp.linspace(0.6, 0.13, 20), jnp.zeros(20)], -1)
+    far = jnp.stack([jnp.linspace(-0.9, -0.6, 20), jnp.zeros(20)], -1)
+    modes = [int(mm.classify_mode(p, cup)) for p in (north, east, south, far)]
+    assert modes == [0, 1, 2, -1]
+
+
+def test_rollout_loop_reproduces_expert_success():
+    """Open-loop replay of the expert's actions through the closed-loop machinery: success and
+    modes must equal what the expert measured when collecting (same seeds, same physics)."""
+    task = mm.make_task()
+    episodes = task.collect_episodes(16, 0)
+    actions = np.stack([
+        np.concatenate([e["steps"]["action"], np.repeat(e["steps"]["action"][-1:], 100, 0)])[:100]
+        for e in episodes
+    ])  # fmt: skip
+    table = jnp.asarray(actions)
+
+    class Replay:
+        from dpjax.policy import PolicyConfig
+
+        config = PolicyConfig(kind="bc", obs_horizon=1, pred_horizon=100, action_horizon=100)
+
+        def inference_fn(self, **options):
+            return lambda params, observation, key: table
+
+    rollouts = evaluate.rollout_multimodal(Replay(), None, num_episodes=16, seed=0)
+    expert_success = np.array([e["episode_metadata"]["success"] for e in episodes])
+    expert_modes = np.array([e["episode_metadata"]["mode"] for e in episodes])
+    np.testing.assert_array_equal(rollouts["success"], expert_success)
+    np.testing.assert_array_equal(rollouts["mode"], expert_modes)
+    metrics = evaluate.summarize_multimodal(rollouts, action_horizon=100)
+    assert metrics["success_rate"] == pytest.approx(expert_success.mean())
+    assert metrics["collision_rate"] == 0.0
