@@ -133,7 +133,7 @@ def abstract_train_state(policy, config: TrainConfig):
     optimizer = train_lib.make_optimizer(config.optim, config.num_steps)
     return jax.eval_shape(
         lambda: train_lib.init_train_state(
-            policy.init(jax.random.key(0)), optimizer, jax.random.key(0)
+            policy.init_params(jax.random.key(0)), optimizer, jax.random.key(0)
         )
     )
 
