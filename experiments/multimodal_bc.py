@@ -1,7 +1,7 @@
 """Behavioral-cloning baseline on the multimodal cup task: same encoder, a regression head.
 
-    dpjax collect multimodal --episodes 200 --out data/multimodal
-    dpjax train multimodal_bc
+dpjax collect multimodal --episodes 200 --out data/multimodal
+dpjax train multimodal_bc
 """
 
 import dataclasses

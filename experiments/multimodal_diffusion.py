@@ -1,7 +1,7 @@
 """Diffusion policy on the pure-JAX multimodal cup task (the seed's north/east/south example).
 
-    dpjax collect multimodal --episodes 200 --out data/multimodal
-    dpjax train multimodal_diffusion            # BC baseline: multimodal_bc
+dpjax collect multimodal --episodes 200 --out data/multimodal
+dpjax train multimodal_diffusion            # BC baseline: multimodal_bc
 """
 
 from dpjax.policy import PolicyConfig

@@ -20,7 +20,6 @@ diffusers = pytest.importorskip("diffusers")
 BATCH, HORIZON, ACTION_DIM = 3, 4, 2
 
 
-
 def jax_denoise(T):
     def denoise(x, t):
         w = (0.5 + t.astype(jnp.float32) / T)[:, None, None]
@@ -53,8 +52,12 @@ def make_diffusers_scheduler(method, T, schedule_name, options):
         return diffusers.DDIMScheduler(**common, **clip, set_alpha_to_one=True)
     if method == "dpmsolver++":
         return diffusers.DPMSolverMultistepScheduler(
-            **common, algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint",
-            lower_order_final=True, final_sigmas_type="zero",
+            **common,
+            algorithm_type="dpmsolver++",
+            solver_order=2,
+            solver_type="midpoint",
+            lower_order_final=True,
+            final_sigmas_type="zero",
         )
     if method == "euler":
         return diffusers.EulerDiscreteScheduler(**common)
@@ -130,8 +133,11 @@ def test_matches_diffusers(
     method, T, schedule_name, steps, spacing, prediction_type, extra, monkeypatch
 ):
     options = samplers.SamplerOptions(
-        method=method, num_inference_steps=steps, prediction_type=prediction_type,
-        timestep_spacing=spacing, **extra,
+        method=method,
+        num_inference_steps=steps,
+        prediction_type=prediction_type,
+        timestep_spacing=spacing,
+        **extra,
     )
     schedule = schedules.make_schedule(schedule_name, T)
     key = jax.random.key(7)
