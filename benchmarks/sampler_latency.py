@@ -28,7 +28,18 @@ ACTION_HORIZON, ACTION_DIM, COND_DIM = 10, 4, 256 + 64
 
 
 def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in open("/proc/cpuinfo")
+                if line.startswith("model name")
+            ),
+            platform.machine(),
+        )
+        if platform.system() == "Linux"
+        else platform.machine()
+    )
     return (
         f"{jax.devices()[0].device_kind} ({jax.default_backend()}), {cpu}, "
         f"{jax.device_count()} device(s); jax {jax.__version__}, python {platform.python_version()}"
