@@ -225,7 +225,7 @@ def observation_spec_from_stats(stats, keys: Sequence[str]) -> dict[str, ArraySp
     """Per-step shapes/dtypes of the observation keys, from `DatasetStats.spec`."""
     spec = {}
     for key in keys:
-        name = f"observation/{key}"
+        name = f"observation/{key}" if f"observation/{key}" in stats.spec else key
         if name not in stats.spec:
             available = sorted(
                 k.split("/", 1)[1] for k in stats.spec if k.startswith("observation/")

@@ -93,7 +93,11 @@ def build_policy(config: TrainConfig, dataset):
     """The policy, its normalizer from the dataset statistics, and the observation spec."""
     stats = dataset.stats or dataset.compute_stats()
     pc = config.policy
-    keys = ["action", *(f"observation/{k}" for k in pc.low_dim_keys)]
+    # Step-level conditioning (language embeddings) passes through unnormalized.
+    keys = [
+        "action",
+        *(f"observation/{k}" for k in pc.low_dim_keys if f"observation/{k}" in stats.arrays),
+    ]
     normalizer = Normalizer.from_stats(stats, keys)
     spec = policy_lib.observation_spec_from_stats(stats, [*pc.low_dim_keys, *pc.image_keys])
     action_shape = tuple(stats.spec["action"][0])

@@ -170,3 +170,33 @@ def test_bfloat16_compute_trains_and_acts(three_modes):
     assert all(leaf.dtype == jnp.float32 for leaf in leaves)  # float32 master weights
     actions = policy.act(state.params, {"state": jnp.zeros((2, 1, 3))}, jax.random.key(0))
     assert actions.dtype == jnp.float32 and np.all(np.isfinite(np.asarray(actions)))
+
+
+def test_text_and_goal_conditioning_from_the_dataset():
+    """A language embedding stored beside the observation (RLDS) and a goal key condition the
+    policy like any low-dim key; a different instruction changes the actions."""
+    from dpjax.data.synthetic import synthetic_episodes
+
+    episodes = synthetic_episodes(12, seed=0, language=True, min_length=6, max_length=8)
+    for e in episodes:
+        steps = e["steps"]
+        steps["observation"]["goal"] = np.tile(
+            steps["observation"]["state"][-1:], (len(steps["action"]), 1)
+        )
+    stats = compute_stats(episodes)
+    normalizer = Normalizer.from_stats(stats, ["action", "observation/state", "observation/goal"])
+    keys = ("state", "goal", "language_embedding")
+    spec = P.observation_spec_from_stats(stats, keys)
+    assert spec["language_embedding"].shape == (4,)
+    config = P.PolicyConfig(**{**SMALL, "low_dim_keys": keys, "low_dim_features": 8})
+    policy = P.make_policy(config, normalizer, spec)
+    data = make_window_data(episodes, obs_horizon=1, pred_horizon=4, action_horizon=4,
+                            observation_keys=keys)  # fmt: skip
+    assert data.observation["language_embedding"].shape[-1] == 4
+    params = policy.init(jax.random.key(0))
+    obs = {"state": jnp.zeros((1, 1, 3)), "goal": jnp.zeros((1, 1, 3)),
+           "language_embedding": jnp.zeros((1, 1, 4))}  # fmt: skip
+    other = {**obs, "language_embedding": jnp.ones((1, 1, 4)) * 5}
+    a = policy.act(params, obs, jax.random.key(1))
+    b = policy.act(params, other, jax.random.key(1))
+    assert float(jnp.abs(a - b).max()) > 1e-4

@@ -32,6 +32,8 @@ from flax import struct
 from dpjax.errors import ConfigError, DataError
 
 # {"observation": {k: (B, obs_horizon, ...)}, "action": (B, pred_horizon, A)}
+# Step-level (not observation) keys a policy may condition on.
+CONDITIONING_STEP_KEYS: tuple[str, ...] = ("language_embedding",)
 Batch = dict[str, Any]
 
 
@@ -126,11 +128,15 @@ def flatten_episodes(
         steps = episode["steps"]
         keys = list(steps["observation"]) if observation_keys is None else observation_keys
         observation_keys = keys
-        missing = [k for k in keys if k not in steps["observation"]]
+        # A step-level conditioning key (RLDS keeps "language_embedding" beside, not inside,
+        # the observation) is read from the step, so text can condition a policy like a state.
+        source = {**{k: v for k, v in steps.items() if k in CONDITIONING_STEP_KEYS},
+                  **steps["observation"]}  # fmt: skip
+        missing = [k for k in keys if k not in source]
         if missing:
             raise DataError(f"episode {index} has no observation {missing}")
         for k in keys:
-            observations.setdefault(k, []).append(np.asarray(steps["observation"][k]))
+            observations.setdefault(k, []).append(np.asarray(source[k]))
         actions.append(np.asarray(steps["action"]))
         lengths.append(len(actions[-1]))
     if not lengths:
