@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import zlib
 from pathlib import Path
@@ -388,6 +389,7 @@ class Checkpointer:
     def _restore_items(self, which: str, step: int, args):
         manager = self._managers[which]
         path = Path(manager.directory) / str(step)
+        _ignore_closed_loop_callbacks()  # before: the first may come before the exception
         try:
             return manager.restore(step, args=args)
         except CheckpointError:
@@ -421,6 +423,26 @@ def _describe(error: BaseException) -> str:
         parts.append(f"{type(error).__name__}: {text[:240]}")
         error = error.__cause__ or error.__context__
     return " <- ".join(parts)
+
+
+def _ignore_closed_loop_callbacks() -> None:
+    """After a failed restore, tensorstore reads still in flight complete on their threads
+    and post to orbax's event loop, which `asyncio.run` has closed: Python would print one
+    "RuntimeError: Event loop is closed" traceback per read. Drops exactly those."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_dpjax_closed_loop_filter", False):
+        return
+
+    def hook(unraisable) -> None:
+        if not (
+            unraisable.object is None
+            and isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"
+        ):
+            previous(unraisable)
+
+    hook._dpjax_closed_loop_filter = True
+    sys.unraisablehook = hook
 
 
 def _empty_trash(directory: Path) -> None:

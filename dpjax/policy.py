@@ -300,6 +300,11 @@ class Policy:
             if batch is not None and value.shape[0] != batch:
                 raise ShapeError(f"observation {key!r}: batch {value.shape[0]} != {batch}")
             batch = value.shape[0]
+            if value.dtype.kind not in "biuf":  # str / object arrays would crash in jnp.asarray
+                raise ShapeError(
+                    f"observation {key!r}: expected a numeric dtype ({spec.dtype}), "
+                    f"got {value.dtype}"
+                )
             if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
                 raise DataError(f"observation {key!r} contains NaN or inf")
         return int(batch)
