@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from dpjax import config as config_lib
@@ -37,7 +38,7 @@ METRICS_FILENAME = "metrics.jsonl"
 
 
 class TrainingDivergedError(DpjaxError):
-    """The loss became NaN or inf; the last good checkpoint is kept."""
+    """The loss, gradients or parameters became NaN or inf; the last good checkpoint is kept."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,11 +231,13 @@ def train(
             if not (is_log or is_eval or is_ckpt or stopping):
                 continue
             record = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            if not all(math.isfinite(v) for v in record.values()):
-                raise TrainingDivergedError(
-                    f"loss became {record.get('loss')} at step {step}; the last good checkpoint "
-                    f"in {run_dir / 'checkpoints'} is kept (lower optim.learning_rate?)"
-                )
+            bad = {k: v for k, v in record.items() if not math.isfinite(v)}
+            # The metrics describe the step's input parameters; the update itself can still
+            # overflow, so the parameters about to be saved are checked as well.
+            if is_ckpt and not bad and not bool(_all_finite((state.params, state.ema_params))):
+                bad = {"parameters": "non-finite"}
+            if bad:
+                raise TrainingDivergedError(_diverged_message(step, bad, checkpointer))
             now = time.perf_counter()
             record["steps_per_sec"] = steps_since / (now - t_last)
             t_last, steps_since = now, 0
@@ -253,6 +256,23 @@ def train(
         log.close()
         checkpointer.close()
     return summary
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _diverged_message(step: int, bad: dict[str, Any], checkpointer: Checkpointer) -> str:
+    what = ", ".join(f"{k} = {v}" for k, v in bad.items())
+    latest = checkpointer.latest_step()
+    kept = (
+        f"the last good checkpoint (step {latest}) in {checkpointer.directory / 'checkpoints'} "
+        "is kept"
+        if latest is not None
+        else "no checkpoint had been saved yet"
+    )
+    return f"training diverged at step {step} ({what}); {kept} (lower optim.learning_rate?)"
 
 
 def describe(config: TrainConfig) -> str:
