@@ -143,10 +143,10 @@ def summarize_multimodal(rollouts: dict[str, np.ndarray], action_horizon: int) -
     successes = int(np.sum(rollouts["success"]))
     modes = np.asarray(rollouts["mode"])
     with_mode = modes[modes >= 0]
-    freqs = {
-        name: float(np.mean(with_mode == k)) if len(with_mode) else 0.0
-        for k, name in enumerate(MODES)
-    }
+
+    def frequencies(of: np.ndarray) -> dict[str, float]:
+        return {name: float(np.mean(of == k)) if len(of) else 0.0 for k, name in enumerate(MODES)}
+
     success_modes = modes[np.asarray(rollouts["success"], bool)]
     boundary, inside = chunk_boundary_jumps(rollouts["actions"], rollouts["length"], action_horizon)
     return {
@@ -154,11 +154,8 @@ def summarize_multimodal(rollouts: dict[str, np.ndarray], action_horizon: int) -
         "success_rate": successes / n,
         "success_ci95": wilson_interval(successes, n),
         "collision_rate": float(np.mean(rollouts["collision"])),
-        "mode_frequencies": freqs,
-        "success_mode_frequencies": {
-            name: float(np.mean(success_modes == k)) if len(success_modes) else 0.0
-            for k, name in enumerate(MODES)
-        },
+        "mode_frequencies": frequencies(with_mode),
+        "success_mode_frequencies": frequencies(success_modes),
         "no_mode_fraction": float(np.mean(modes < 0)),
         "expert_mode_frequencies": dict(zip(MODES, MODE_PROBS, strict=True)),
         "mean_squared_jerk": mean_squared_jerk(rollouts["actions"], rollouts["length"]),

@@ -154,6 +154,8 @@ def train(
 ) -> dict[str, Any]:
     """Trains `config` into `run_dir`; returns a summary (final loss, val loss, speed).
 
+    With `resume`, training continues from the run's last checkpoint under `config` (usually
+    `load_run_config(run_dir)`, possibly with overrides); config.json records what was used.
     `stop_at_step` ends this invocation early (after checkpointing that step), as a time-boxed
     job or an interruption would; `resume=True` later continues to `config.num_steps`.
     """
@@ -165,8 +167,6 @@ def train(
     if not config.dataset:
         raise ConfigError("config.dataset is empty: set it to a dataset directory")
     prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
-    if resume:
-        config = load_run_config(run_dir)
     train_lib.maybe_initialize_distributed()
     dataset = load_dataset(config.dataset)
     policy, normalizer, spec = build_policy(config, dataset)

@@ -192,7 +192,7 @@ def _next_timesteps(ts: np.ndarray) -> np.ndarray:
     return np.concatenate([ts[1:], [-1]])
 
 
-def _predict_x0_eps(model_output, x_t, row: Row, options: SamplerOptions):
+def predict_x0_eps(model_output, x_t, row: Row, options: SamplerOptions):
     """(clipped x0, eps) from the output at a VP sample with sqrt(abar) = row['sqrt_abar']."""
     x0, eps = x0_and_eps_from_output(
         model_output, x_t, row["sqrt_abar"], row["sqrt_one_minus_abar"], options.prediction_type
@@ -235,7 +235,7 @@ def _ddpm_coefficients(schedule: NoiseSchedule, ts: np.ndarray, options: Sampler
 
 def _ddpm_update(carry, model_output, row, noise, options):
     x = carry["x"]
-    x0, _ = _predict_x0_eps(model_output, x, row, options)
+    x0, _ = predict_x0_eps(model_output, x, row, options)
     mean = row["coef_x0"] * x0 + row["coef_xt"] * x
     return {"x": mean + row["noise_std"] * noise}
 
@@ -258,7 +258,7 @@ def _ddim_coefficients(schedule: NoiseSchedule, ts: np.ndarray, options: Sampler
 
 
 def _ddim_update(carry, model_output, row, noise, options):
-    x0, eps = _predict_x0_eps(model_output, carry["x"], row, options)
+    x0, eps = predict_x0_eps(model_output, carry["x"], row, options)
     x = row["coef_x0"] * x0 + row["coef_eps"] * eps
     if noise is not None:
         x = x + row["noise_std"] * noise
@@ -299,7 +299,7 @@ def _dpmsolver_init(x_T, row):
 
 
 def _dpmsolver_update(carry, model_output, row, noise, options):
-    x0, _ = _predict_x0_eps(model_output, carry["x"], row, options)
+    x0, _ = predict_x0_eps(model_output, carry["x"], row, options)
     x = (
         row["coef_x"] * carry["x"]
         + row["coef_x0"] * x0
@@ -311,7 +311,7 @@ def _dpmsolver_update(carry, model_output, row, noise, options):
 # --------------------------------------------------------------------------- Euler / Heun (VE ODE)
 
 
-def _euler_like_coefficients(sigma_eval, dt, ts, schedule) -> dict[str, np.ndarray]:
+def _euler_like_coefficients(sigma_eval, dt) -> dict[str, np.ndarray]:
     """Rows for a VE-space integrator; the denoiser sees x / sqrt(sigma^2 + 1) (VP x_t)."""
     scale_in = 1.0 / np.sqrt(sigma_eval**2 + 1.0)
     return {
@@ -325,7 +325,7 @@ def _euler_like_coefficients(sigma_eval, dt, ts, schedule) -> dict[str, np.ndarr
 
 def _euler_coefficients(schedule: NoiseSchedule, ts: np.ndarray, options: SamplerOptions):
     sigmas = np.concatenate([schedule.sigmas[ts], np.zeros(1)])
-    return _euler_like_coefficients(sigmas[:-1], sigmas[1:] - sigmas[:-1], ts, schedule)
+    return _euler_like_coefficients(sigmas[:-1], sigmas[1:] - sigmas[:-1])
 
 
 def _ve_init(x_T, row):
@@ -338,7 +338,7 @@ def _ve_model_input(carry, row):
 
 
 def _derivative(carry, model_output, row, options):
-    x0, _ = _predict_x0_eps(model_output, carry["x"] * row["scale_in"], row, options)
+    x0, _ = predict_x0_eps(model_output, carry["x"] * row["scale_in"], row, options)
     return (carry["x"] - x0) / row["sigma"]
 
 
@@ -361,7 +361,7 @@ def _heun_coefficients(schedule: NoiseSchedule, ts: np.ndarray, options: Sampler
     is_corrector = stage % 2 == 1
     sigma_from, sigma_to = sigmas[step], sigmas[np.minimum(step + 1, num_steps)]
     sigma_eval = np.where(np.asarray(is_corrector), sigma_to, sigma_from)
-    rows = _euler_like_coefficients(sigma_eval, sigma_to - sigma_from, ts, schedule)
+    rows = _euler_like_coefficients(sigma_eval, sigma_to - sigma_from)
     rows["is_corrector"] = np.asarray(is_corrector, np.float32)
     return rows
 

@@ -254,7 +254,7 @@ def test_register_a_new_sampler(cosine100):
         }
 
     def update(carry, model_output, row, noise, options):
-        x0, _ = samplers._predict_x0_eps(model_output, carry["x"], row, options)
+        x0, _ = samplers.predict_x0_eps(model_output, carry["x"], row, options)
         return {"x": row["sqrt_abar_next"] * x0}
 
     samplers.register_sampler(

@@ -44,28 +44,27 @@ def run(args) -> int:
     from dpjax.errors import ConfigError
     from dpjax.run import TrainConfig, describe, load_run_config, train
 
+    resume = bool(args.resume)
     if isinstance(args.resume, str):
         run_dir = Path(args.resume)
-        config = load_run_config(run_dir)
     elif args.config is None:
         raise ConfigError("give a CONFIG (file or experiments/ name), or --resume RUN_DIR")
+    else:
+        run_dir = Path(args.out or Path("runs") / Path(args.config).stem)
+    if resume:
+        # The run's saved config is authoritative; --set overrides apply on top of it and
+        # `train` records the result in config.json.
+        config = load_run_config(run_dir)
     else:
         config = config_lib.load_config_file(args.config)
         if not isinstance(config, TrainConfig):
             raise ConfigError(
                 f"{args.config}: CONFIG is a {type(config).__name__}, not a TrainConfig"
             )
-        run_dir = Path(args.out or Path("runs") / Path(args.config).stem)
     config = config_lib.apply_overrides(config, args.set)
     if args.print_config:
         print(describe(config))
         return 0
-    resume = bool(args.resume)
-    if resume and args.set:
-        # The saved config is authoritative on resume; overrides are applied and recorded.
-        from dpjax.checkpoint import save_json_atomic
-
-        save_json_atomic(run_dir / "config.json", config_lib.to_dict(config))
     summary = train(config, run_dir, resume=resume, overwrite=args.overwrite)
     print(
         f"trained to step {summary.get('final_step', summary['start_step'])}: "
