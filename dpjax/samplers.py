@@ -47,6 +47,11 @@ class SamplerOptions:
     timestep_spacing: str = "trailing"
     eta: float = 0.0
     variance_type: str = "fixed_small"
+    # With clip_sample, DDIM re-derives epsilon from the clipped x0, so each step stays on the
+    # line through x_t and x0 and |x| cannot grow. False is diffusers' DDIMScheduler (clipped
+    # x0 with the model's unclipped epsilon), which an imperfect epsilon-model can drive to
+    # overflow over many steps (a learned policy: NaN actions at 100 trailing steps).
+    eps_from_clipped_x0: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,6 +264,9 @@ def _ddim_coefficients(schedule: NoiseSchedule, ts: np.ndarray, options: Sampler
 
 def _ddim_update(carry, model_output, row, noise, options):
     x0, eps = predict_x0_eps(model_output, carry["x"], row, options)
+    if options.clip_sample is not None and options.eps_from_clipped_x0:
+        # sqrt(1 - abar) > 0 at every visited timestep (abar_0 < 1 for every schedule).
+        eps = (carry["x"] - row["sqrt_abar"] * x0) / row["sqrt_one_minus_abar"]
     x = row["coef_x0"] * x0 + row["coef_eps"] * eps
     if noise is not None:
         x = x + row["noise_std"] * noise
@@ -503,6 +511,7 @@ def sample(
     timestep_spacing: str = "trailing",
     eta: float = 0.0,
     variance_type: str = "fixed_small",
+    eps_from_clipped_x0: bool = True,
 ) -> jnp.ndarray:
     """x_0 (B, ...) from x_T (B, ...) ~ N(0, I) with any registered method; see module doc.
 
@@ -517,5 +526,6 @@ def sample(
         timestep_spacing=timestep_spacing,
         eta=eta,
         variance_type=variance_type,
+        eps_from_clipped_x0=eps_from_clipped_x0,
     )
     return sample_with_options(denoise_fn, x_T, schedule, options, key)

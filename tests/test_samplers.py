@@ -270,3 +270,25 @@ def test_register_a_new_sampler(cosine100):
         np.testing.assert_allclose(x0, 2.0, atol=0.05)
     finally:
         samplers._SAMPLERS.pop("x0_jump")
+
+
+def test_clipped_ddim_stays_bounded_with_an_overconfident_model(cosine100):
+    """An epsilon-model that overshoots (10x its input) on the capped cosine schedule:
+    diffusers' clipping (clipped x0, raw epsilon) lets |x| grow tenfold a step until it overflows (NaN); re-deriving
+    epsilon from the clipped x0 keeps every step between x_t and x0, so the sample stays finite
+    and inside the clip range."""
+    x_T = jax.random.normal(jax.random.key(0), (16, 8, 2))
+
+    def overshooting(x, t):
+        return 10.0 * x
+
+    def run(consistent):
+        return samplers.sample(
+            overshooting, x_T, cosine100, method="ddim", num_inference_steps=100,
+            clip_sample=1.0, eps_from_clipped_x0=consistent,
+        )  # fmt: skip
+
+    bounded = run(True)
+    assert bool(jnp.all(jnp.isfinite(bounded))) and float(jnp.max(jnp.abs(bounded))) <= 1.0 + 1e-5
+    diverged = run(False)
+    assert not bool(jnp.all(jnp.isfinite(diverged)))

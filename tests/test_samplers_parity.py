@@ -111,7 +111,15 @@ CASES = [
     ("ddpm", 1000, "linear", 20, "trailing", "v_prediction", {}),
     ("ddpm", 100, "sigmoid", 1, "trailing", "epsilon", {}),
     ("ddim", 100, "squaredcos_cap_v2", 10, "leading", "epsilon", {}),
-    ("ddim", 100, "squaredcos_cap_v2", 10, "trailing", "v_prediction", {"clip_sample": 1.5}),
+    (
+        "ddim",
+        100,
+        "squaredcos_cap_v2",
+        10,
+        "trailing",
+        "v_prediction",
+        {"clip_sample": 1.5, "eps_from_clipped_x0": False},
+    ),  # diffusers' DDIM clipping
     ("ddim", 1000, "scaled_linear", 50, "trailing", "sample", {"eta": 0.5}),
     ("ddim", 100, "linear", 1, "leading", "epsilon", {"eta": 1.0}),
     ("dpmsolver++", 100, "squaredcos_cap_v2", 10, "linspace", "epsilon", {}),
