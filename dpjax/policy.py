@@ -337,8 +337,12 @@ class DiffusionPolicy(Policy):
         super().__init__(config, normalizer, observation_spec)
         self.schedule = schedules.make_schedule(config.beta_schedule, config.num_train_timesteps)
 
-    def loss(self, params, batch: Mapping[str, Any], key: jax.Array):
-        """Noise-prediction (or sample / v) loss on a raw batch {"observation", "action"}."""
+    def loss(self, params, batch: Mapping[str, Any], key: jax.Array, *, standard: bool = False):
+        """Noise-prediction (or sample / v) loss on a raw batch {"observation", "action"}.
+
+        standard=True: uniform timesteps and no weighting whatever the config trains with, so
+        validation losses of runs with different objectives compare (`validation_loss`).
+        """
         c = self.config
         key_aug, key_loss = jax.random.split(key)
         cond = self._encode(params, batch["observation"], True, key_aug)
@@ -352,9 +356,12 @@ class DiffusionPolicy(Policy):
             key_loss,
             self.schedule,
             prediction_type=c.prediction_type,
-            timestep_sampling=c.timestep_sampling,
-            weighting=c.loss_weighting,
+            timestep_sampling="uniform" if standard else c.timestep_sampling,
+            weighting="none" if standard else c.loss_weighting,
         )
+
+    def validation_loss(self, params, batch: Mapping[str, Any], key: jax.Array):
+        return self.loss(params, batch, key, standard=True)
 
     def predict_action_chunk(self, params, observation, key, options: samplers.SamplerOptions):
         """(B, pred_horizon, A) unnormalized actions: encoder once, then one scan."""
@@ -393,6 +400,9 @@ class DiffusionPolicy(Policy):
 
 
 class BCPolicy(Policy):
+    def validation_loss(self, params, batch: Mapping[str, Any], key: jax.Array):
+        return self.loss(params, batch, key)
+
     def loss(self, params, batch: Mapping[str, Any], key: jax.Array):
         cond = self._encode(params, batch["observation"], True, key)
         prediction = self.network.apply(params, cond, method=PolicyNetwork.regress)

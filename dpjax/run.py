@@ -206,7 +206,11 @@ def train(
         policy.loss, optimizer, config.optim, mesh, config.batch_size, config.num_steps
     )
     eval_fn = (
-        train_lib.make_eval_loss(policy.loss, mesh, config.batch_size, config.val_batches)
+        # The standard objective (uniform timesteps, unweighted): runs with different
+        # timestep sampling or loss weighting report comparable validation losses.
+        train_lib.make_eval_loss(
+            policy.validation_loss, mesh, config.batch_size, config.val_batches
+        )
         if val_data is not None
         else None
     )

@@ -6,7 +6,7 @@ import pytest
 from dpjax import oracles
 from dpjax import policy as P
 from dpjax import train as T
-from dpjax.data import Normalizer, compute_stats, make_window_data
+from dpjax.data import Normalizer, compute_stats, make_window_data, sample_windows
 from dpjax.data.synthetic import three_mode_episodes
 from dpjax.errors import ConfigError, DataError, ShapeError, UnknownNameError
 
@@ -200,3 +200,23 @@ def test_text_and_goal_conditioning_from_the_dataset():
     a = policy.act(params, obs, jax.random.key(1))
     b = policy.act(params, other, jax.random.key(1))
     assert float(jnp.abs(a - b).max()) > 1e-4
+
+
+def test_validation_loss_is_the_standard_objective_whatever_the_training_one(three_modes):
+    """Runs trained with logit-normal timesteps or min-SNR weighting report the uniform,
+    unweighted loss as validation loss, so their curves compare with a uniform run's."""
+    episodes, normalizer, spec = three_modes
+    standard = P.make_policy(P.PolicyConfig(**SMALL), normalizer, spec)
+    params = standard.init(jax.random.key(0))
+    data = make_window_data(episodes[:20], obs_horizon=1, pred_horizon=4, action_horizon=4)
+    batch = sample_windows(data, jax.random.key(1), 64)
+    key = jax.random.key(2)
+    reference, _ = standard.loss(params, batch, key)
+    assert float(standard.validation_loss(params, batch, key)[0]) == float(reference)
+    for sampling, weighting in (("logit_normal", "none"), ("uniform", "min_snr")):
+        config = P.PolicyConfig(**SMALL, timestep_sampling=sampling, loss_weighting=weighting)
+        other = P.make_policy(config, normalizer, spec)
+        trained_with, _ = other.loss(params, batch, key)
+        validated, _ = other.validation_loss(params, batch, key)
+        assert float(validated) == pytest.approx(float(reference), rel=1e-6)
+        assert abs(float(trained_with) - float(reference)) > 1e-4 * float(reference)
