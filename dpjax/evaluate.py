@@ -86,33 +86,44 @@ def rollout_multimodal(
     policy, params, *, num_episodes: int, seed: int, env_config=None, **options
 ) -> dict[str, np.ndarray]:
     """All episodes and the policy in one compiled program. Episode i starts as the expert's
-    episode with seed `seed + i` does. Returns numpy arrays: positions (N, T+1, 2),
-    actions (N, T, 2), cup (N, 2), success, collision (N,) bool, mode (N,), length (N,)."""
+    episode with seed `seed + i` does. `env_config` (a MultimodalConfig) changes the task,
+    e.g. held-out start regions or goal conditioning. Returns numpy arrays: positions
+    (N, T+1, 2), actions (N, T, 2), cup (N, 2), success, collision (N,) bool, mode (N,),
+    goal (N,) (-1: any side), length (N,)."""
     from dpjax.envs import multimodal as mm
 
     config = env_config or mm.DEFAULT_CONFIG
     c = policy.config
-    if c.low_dim_keys != ("state",) or c.image_keys:
-        raise ConfigError("the multimodal task observes {'state': (6,)} only")
+    available = ("state", "goal") if config.goal_conditioned else ("state",)
+    if not set(c.low_dim_keys) <= set(available) or c.image_keys:
+        raise ConfigError(
+            f"the policy observes {[*c.low_dim_keys, *c.image_keys]}, but this multimodal task "
+            f"gives {list(available)} (goal only with the goal_conditioned task option)"
+        )
     chunk_fn = policy.inference_fn(**options)
     horizon = c.action_horizon
+    observe = jax.vmap(lambda s: {k: v for k, v in mm.observation(s, config).items()
+                                  if k in c.low_dim_keys})  # fmt: skip
 
     @jax.jit
     def run(params, seeds, key):
         reset_keys = jax.vmap(lambda s: mm.episode_keys(jax.random.key(s))[0])(seeds)
         states = jax.vmap(lambda k: mm.reset(k, config))(reset_keys)
-        first = jax.vmap(mm.observe)(states)
-        history = jnp.repeat(first[:, None], c.obs_horizon, axis=1)
+        history = jax.tree.map(
+            lambda x: jnp.repeat(x[:, None], c.obs_horizon, axis=1), observe(states)
+        )
         queue = jnp.zeros((seeds.shape[0], horizon, c.action_dim))
 
         def body(carry, t):
             states, history, queue = carry
-            obs = jax.vmap(mm.observe)(states)
-            history = jnp.concatenate([history[:, 1:], obs[:, None]], axis=1)
+            history = jax.tree.map(
+                lambda h, x: jnp.concatenate([h[:, 1:], x[:, None]], axis=1),
+                history, observe(states),
+            )  # fmt: skip
             index = t % horizon
             queue = jax.lax.cond(
                 index == 0,
-                lambda: chunk_fn(params, {"state": history}, jax.random.fold_in(key, t)),
+                lambda: chunk_fn(params, history, jax.random.fold_in(key, t)),
                 lambda: queue,
             )
             action = queue[:, index]
@@ -123,12 +134,13 @@ def rollout_multimodal(
             body, (states, history, queue), jnp.arange(config.max_episode_steps)
         )
         return {
-            "positions": jnp.concatenate([first[:, None, :2], positions.swapaxes(0, 1)], 1),
+            "positions": jnp.concatenate([states.agent[:, None], positions.swapaxes(0, 1)], 1),
             "actions": actions.swapaxes(0, 1),
             "cup": final.cup,
             "success": final.success,
             "collision": final.collided,
             "mode": jax.vmap(mm.mode_of_offset)(final.closest_offset, final.closest_distance),
+            "goal": final.goal,
             "length": final.t,
         }
 
@@ -149,7 +161,11 @@ def summarize_multimodal(rollouts: dict[str, np.ndarray], action_horizon: int) -
 
     success_modes = modes[np.asarray(rollouts["success"], bool)]
     boundary, inside = chunk_boundary_jumps(rollouts["actions"], rollouts["length"], action_horizon)
+    goals = np.asarray(rollouts.get("goal", np.full(n, -1)))
+    commanded = goals >= 0
+    goal_side = {"goal_side_rate": float(np.mean(modes[commanded] == goals[commanded]))}
     return {
+        **(goal_side if commanded.any() else {}),
         "episodes": n,
         "success_rate": successes / n,
         "success_ci95": wilson_interval(successes, n),
@@ -172,10 +188,15 @@ def evaluate_multimodal(
     num_episodes: int = 100,
     seed: int = 100_000,
     latency: bool = True,
+    env_config=None,
     **options,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """(metrics, rollouts) of `policy` on the multimodal task; sampler options pass through."""
-    rollouts = rollout_multimodal(policy, params, num_episodes=num_episodes, seed=seed, **options)
+    """(metrics, rollouts) of `policy` on the multimodal task; sampler options pass through.
+    With a goal-conditioned `env_config`, "goal_side_rate" is how often the approach was
+    from the commanded side."""
+    rollouts = rollout_multimodal(
+        policy, params, num_episodes=num_episodes, seed=seed, env_config=env_config, **options
+    )
     metrics = summarize_multimodal(rollouts, policy.config.action_horizon)
     metrics["denoiser_evaluations"] = policy.num_denoiser_evaluations(
         options.get("sampler"), options.get("num_inference_steps")
@@ -237,14 +258,23 @@ def rollout_gym(
     seed: int,
     num_envs: int = 10,
     progress=None,
+    act_fn=None,
     **options,
 ) -> dict[str, Any]:
     """Episodes on seeds seed..seed+N-1, `num_envs` environments stepped in lockstep so the
     policy is called on a batch. Returns lists: success, length, actions (T_i, A), and where
-    the env reports it (PushT) max/final coverage."""
+    the env reports it (PushT) max/final coverage.
+
+    `act_fn`, where given, stands in for the policy's compiled inference: any batched
+    controller `act_fn(observations, key, *, envs, seeds) -> (B, >= action_horizon, A)`, called
+    at the same replanning steps with the same observation histories ({key: (B, obs_horizon,
+    ...)} numpy) plus the live envs and their seeds, e.g. a scripted expert that reads the
+    simulator, to check this loop against the expert's own rollouts. `policy` then only has to
+    supply `config` (observation keys, obs_horizon, action_horizon); `params` and `options` are
+    unused."""
     c = policy.config
     keys = [*c.low_dim_keys, *c.image_keys]
-    chunk_fn = policy.inference_fn(**options)
+    chunk_fn = policy.inference_fn(**options) if act_fn is None else None
     out: dict[str, list] = {"success": [], "length": [], "actions": [], "max_coverage": [],
                             "final_coverage": []}  # fmt: skip
     key = jax.random.key(seed)
@@ -263,8 +293,15 @@ def rollout_gym(
             queue = None
             for t in range(task.max_episode_steps):
                 if t % c.action_horizon == 0:
-                    batch = {k: jnp.asarray(v) for k, v in history.items()}
-                    queue = np.asarray(chunk_fn(params, batch, jax.random.fold_in(key, start + t)))
+                    # Per batch, then per step: with `start + t` alone, the batch starting d
+                    # seeds later drew at step t - d the same sampling noise.
+                    chunk_key = jax.random.fold_in(jax.random.fold_in(key, start), t)
+                    if act_fn is None:
+                        batch = {k: jnp.asarray(v) for k, v in history.items()}
+                        queue = np.asarray(chunk_fn(params, batch, chunk_key))
+                    else:
+                        batch = {k: v.copy() for k, v in history.items()}
+                        queue = np.asarray(act_fn(batch, chunk_key, envs=envs, seeds=seeds))
                 for i, env in enumerate(envs):
                     if done[i]:
                         continue

@@ -179,3 +179,30 @@ def test_gym_adapter_and_batched_collection_agree():
         )
     noisy = task.collect_episodes(3, seed=10, action_noise=0.01)
     assert not np.allclose(noisy[0]["steps"]["action"][:5], batched[0]["steps"]["action"][:5])
+
+
+def test_goal_conditioned_task_commands_a_side():
+    """goal_conditioned: the reset draws the side (at the expert's frequencies), the one-hot goal
+    is observed, the expert takes that side, and only a grasp from that side succeeds."""
+    config = mm.MultimodalConfig(goal_conditioned=True)
+    out = mx.expert_rollouts_numpy(0, 600, config)
+    goals = out["goal"][:, 0].argmax(-1)
+    np.testing.assert_allclose(np.bincount(goals, minlength=3) / 600, mm.MODE_PROBS, atol=0.05)
+    np.testing.assert_array_equal(out["chosen_mode"], goals)
+    assert out["success"].all() and (out["mode"] == goals).all()
+    assert (out["goal"].sum(-1)[out["valid"]] == 1).all()  # a one-hot at every valid step
+    # The same start as the default task (the goal's extra uniform does not move it).
+    start = mm.reset(mm.episode_keys(jax.random.key(5))[0], config)
+    default = mm.reset(mm.episode_keys(jax.random.key(5))[0])
+    np.testing.assert_array_equal(start.agent, default.agent)
+    assert int(default.goal) == -1 and int(start.goal) in (0, 1, 2)
+    # Success needs the commanded side: the east grasp point succeeds only when east is asked.
+    east = mm.GRASP_DISTANCE * mm.SIDES[1]
+    assert bool(mm.grasped(jnp.asarray(east), 1)) and not bool(mm.grasped(jnp.asarray(east), 0))
+    assert bool(mm.grasped(jnp.asarray(east)))  # any side when no goal
+    task = make_task("multimodal", goal_conditioned=True)
+    assert task.observation_spec["goal"].shape == (3,)
+    episode = task.collect_episodes(1, seed=7)[0]
+    assert set(episode["steps"]["observation"]) == {"state", "goal"}
+    obs, _ = task.make_env(7).reset(seed=7)
+    np.testing.assert_array_equal(obs["goal"], episode["steps"]["observation"]["goal"][0])

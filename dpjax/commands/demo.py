@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 SIZES = {
-    # episodes, train steps, eval episodes, diffusion step counts evaluated
-    "full": (200, 3000, 200, (1, 3, 10, 30)),
-    "quick": (100, 600, 100, (1, 10)),
+    # episodes, train steps, eval episodes, (sampler, steps) the diffusion policy is evaluated with
+    "full": (200, 6000, 200, (("ddim", 1), ("ddim", 3), ("ddim", 10), ("ddim", 30), ("ddpm", 100))),
+    "quick": (100, 2000, 100, (("ddim", 1), ("ddim", 10))),
 }
 
 
@@ -56,6 +56,9 @@ def demo_config(dataset: Path, kind: str, denoiser: str, num_steps: int, seed: i
         down_dims=(64, 128, 256),
         width=128,
         num_layers=3,
+        # Predicting the clean chunk (x0) learned ~2x faster than epsilon here: at 3000 steps
+        # 46-56% closed-loop success vs 25-35% (experiments/timestep_sampling.py compares them).
+        prediction_type="sample",
         sampler="ddim",
         num_inference_steps=10,
     )
@@ -106,12 +109,14 @@ def run(args) -> int:
         train(config, out / kind, overwrite=True)
         policy, params, _ = load_policy(out / kind)
         if kind == "diffusion":
-            for steps in step_counts:
+            default = (config.policy.sampler, config.policy.num_inference_steps)
+            for sampler, steps in step_counts:
                 metrics, r = evaluate.evaluate_multimodal(
-                    policy, params, num_episodes=eval_episodes, num_inference_steps=steps
-                )
-                results[f"diffusion ({steps} steps)"] = metrics
-                if steps == config.policy.num_inference_steps:
+                    policy, params, num_episodes=eval_episodes, sampler=sampler,
+                    num_inference_steps=steps,
+                )  # fmt: skip
+                results[f"diffusion ({sampler}, {steps} steps)"] = metrics
+                if (sampler, steps) == default:
                     results["diffusion"], rollouts["diffusion"] = metrics, r
         else:
             results["bc"], rollouts["bc"] = evaluate.evaluate_multimodal(

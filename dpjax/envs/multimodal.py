@@ -4,18 +4,18 @@ Geometry (world units, workspace [-1, 1]^2; "cup frame" = offsets from the cup c
 
     agent start ~ (-0.6, 0) +- (0.1, 0.15)     cup ~ (0.3, 0) +- 0.05 (both uniform per episode)
 
-                  N  grasp (0, +0.13)
+                  N  grasp (0, +0.16)
            |
-     start |   (cup)  E  grasp (+0.13, 0)       wall: x in [-0.31, -0.25], y in [-0.25, 0.25]
+     start |   (cup)  E  grasp (+0.16, 0)       wall: x in [-0.31, -0.25], y in [-0.25, 0.25]
            |                                     cup:  disc of radius 0.08
-                  S  grasp (0, -0.13)            agent: disc of radius 0.02
+                  S  grasp (0, -0.16)            agent: disc of radius 0.02
 
 A wall west of the cup blocks the straight approach, so the gripper must go around it, over
 the top (north) or underneath (south and east). The scripted expert picks north / east / south
 with probabilities 0.45 / 0.40 / 0.15 (the seed's cup example) and follows a smooth path (a
-corner-cut polyline through a pre-grasp waypoint on the chosen side, timed with a minimum-jerk
-profile). The mean of the three approaches is not an approach: averaged paths hit the wall, and
-the averaged grasp point lies inside the cup (tested in tests/test_envs_multimodal.py).
+corner-cut polyline through a pre-grasp waypoint on the chosen side, timed by a smooth speed
+profile that reaches cruising speed within a few steps). The mean of the three approaches is
+not an approach: averaged paths hit the wall, and the averaged grasp point lies inside the cup (tested in tests/test_envs_multimodal.py).
 
 Observation "state" (6,) float32: [agent_x, agent_y, cup_x, cup_y, agent_vx, agent_vy], the
 velocity being the last step's displacement. Action (2,) float32: the absolute target position
@@ -52,7 +52,9 @@ WALL_HALF_HEIGHT = 0.25
 GRASP_DISTANCE = 0.16  # leaves 0.02 between agent and cup at the edge of the tolerance
 GRASP_TOL = 0.04  # a learned policy need not be more precise than ~1.5% of the workspace
 MAX_STEP = 0.06  # per-step motion bound; > the plan's peak speed so the expert tracks exactly
-EXPERT_MEAN_SPEED = 0.028  # min-jerk peak = 1.875 * mean = 0.0525 < MAX_STEP
+EXPERT_MEAN_SPEED = 0.028  # peak = mean / (1 - (accel + decel) / 2) <= 0.028 / 0.6 < MAX_STEP
+EXPERT_ACCEL_STEPS = 4.0  # ramp-up to cruising speed, in steps
+EXPERT_DECEL = 0.3  # ramp-down, as a fraction of the episode
 WAYPOINT_JITTER = 0.03  # expert path diversity within one mode
 MODE_RADIUS = 0.3  # a trajectory that never comes this close to the cup has no mode
 # XLA's default CPU optimization level doubles compile time (7 s -> 3.5 s for a batch of expert
@@ -71,6 +73,9 @@ class MultimodalConfig:
     start_range: tuple[float, float] = (0.1, 0.15)
     cup_center: tuple[float, float] = (0.3, 0.0)
     cup_range: float = 0.05
+    # The episode commands a side (drawn with mode_probs at reset), observed as a one-hot
+    # "goal"; only a grasp from that side succeeds and the expert takes that side.
+    goal_conditioned: bool = False
 
 
 DEFAULT_CONFIG = MultimodalConfig()
@@ -81,6 +86,7 @@ class MultimodalState:
     agent: jax.Array  # (2,) f32
     velocity: jax.Array  # (2,) f32, last displacement
     cup: jax.Array  # (2,) f32
+    goal: jax.Array  # () i32, the commanded side (0 N, 1 E, 2 S), -1 when any side will do
     t: jax.Array  # () i32, steps taken
     closest_offset: jax.Array  # (2,) agent - cup at the closest approach so far
     closest_distance: jax.Array  # () f32
@@ -89,17 +95,29 @@ class MultimodalState:
     done: jax.Array  # () bool
 
 
+def mode_from_uniform(u: jax.Array, mode_probs=MODE_PROBS) -> jax.Array:
+    """Inverse CDF: u ~ U[0, 1) -> int32 mode."""
+    cdf = jnp.cumsum(jnp.asarray(mode_probs)) / sum(mode_probs)
+    return jnp.sum(u >= cdf[:-1]).astype(jnp.int32)
+
+
 def reset(key: jax.Array, config: MultimodalConfig = DEFAULT_CONFIG) -> MultimodalState:
-    """Samples a start and a cup position uniformly around their centres."""
+    """Samples a start and a cup position uniformly around their centres (and the goal side)."""
     # One draw for everything: each random call costs a threefry copy in the compiled program.
-    u = jax.random.uniform(key, (4,), minval=-1.0, maxval=1.0)
+    u = jax.random.uniform(key, (5 if config.goal_conditioned else 4,), minval=-1.0, maxval=1.0)
+    goal = (
+        mode_from_uniform(0.5 * (u[4] + 1.0), config.mode_probs)
+        if config.goal_conditioned
+        else jnp.int32(-1)
+    )
     start = jnp.asarray(config.start_center) + u[:2] * jnp.asarray(config.start_range)
-    cup = jnp.asarray(config.cup_center) + config.cup_range * u[2:]
+    cup = jnp.asarray(config.cup_center) + config.cup_range * u[2:4]
     offset = start - cup
     return MultimodalState(
         agent=start,
         velocity=jnp.zeros(2),
         cup=cup,
+        goal=goal,
         t=jnp.zeros((), jnp.int32),
         closest_offset=offset,
         closest_distance=jnp.linalg.norm(offset),
@@ -114,6 +132,19 @@ def observe(state: MultimodalState) -> jax.Array:
     return jnp.concatenate([state.agent, state.cup, state.velocity]).astype(jnp.float32)
 
 
+def observe_goal(state: MultimodalState) -> jax.Array:
+    """(3,) f32 one-hot of the commanded side (all zeros when any side will do)."""
+    return jax.nn.one_hot(state.goal, len(MODES), dtype=jnp.float32)
+
+
+def observation(state: MultimodalState, config: MultimodalConfig) -> dict[str, jax.Array]:
+    """The task's observation dict: {"state" (6,)} plus {"goal" (3,)} when goal-conditioned."""
+    obs = {"state": observe(state)}
+    if config.goal_conditioned:
+        obs["goal"] = observe_goal(state)
+    return obs
+
+
 def collides(offset: jax.Array) -> jax.Array:
     """Whether the agent at cup-frame `offset` (..., 2) overlaps the cup or the wall."""
     in_cup = jnp.linalg.norm(offset, axis=-1) < CUP_RADIUS + AGENT_RADIUS
@@ -126,11 +157,13 @@ def collides(offset: jax.Array) -> jax.Array:
     return in_cup | in_wall
 
 
-def grasped(offset: jax.Array) -> jax.Array:
-    """Whether cup-frame `offset` (..., 2) is at a valid (N/E/S) grasp pose."""
+def grasped(offset: jax.Array, goal: jax.Array | int = -1) -> jax.Array:
+    """Whether cup-frame `offset` (..., 2) is at a valid grasp pose: any of N/E/S, or only the
+    side `goal` when goal >= 0."""
     targets = GRASP_DISTANCE * SIDES  # (3, 2)
     distances = jnp.linalg.norm(offset[..., None, :] - targets, axis=-1)
-    return jnp.any(distances < GRASP_TOL, axis=-1)
+    allowed = (jnp.asarray(goal) < 0) | (jnp.arange(len(MODES)) == jnp.asarray(goal))
+    return jnp.any((distances < GRASP_TOL) & allowed, axis=-1)
 
 
 def mode_of_offset(offset: jax.Array, distance: jax.Array) -> jax.Array:
@@ -180,12 +213,13 @@ def step(state: MultimodalState, action: jax.Array, config: MultimodalConfig = D
     offset = agent - state.cup
     distance = jnp.linalg.norm(offset)
     closer = distance < state.closest_distance
-    success = grasped(offset) & ~collided
+    success = grasped(offset, state.goal) & ~collided
     t = state.t + 1
     moved = MultimodalState(
         agent=agent,
         velocity=delta,
         cup=state.cup,
+        goal=state.goal,
         t=t,
         closest_offset=jnp.where(closer, offset, state.closest_offset),
         closest_distance=jnp.where(closer, distance, state.closest_distance),
@@ -254,12 +288,13 @@ def run_episodes(
 
 
 @functools.partial(jax.jit, static_argnames=("config",), compiler_options=FAST_COMPILE)
-def _reset_seed(seed: jax.Array, config: MultimodalConfig) -> tuple[MultimodalState, jax.Array]:
+def _reset_seed(seed: jax.Array, config: MultimodalConfig):
     state = reset(episode_keys(jax.random.key(seed))[0], config)
-    return state, observe(state)
+    return state, observation(state, config)
 
 
 _step_jit = jax.jit(step, static_argnames=("config",), compiler_options=FAST_COMPILE)
+_observation_jit = jax.jit(observation, static_argnames=("config",))
 
 
 class MultimodalEnv:
@@ -275,30 +310,41 @@ class MultimodalEnv:
         self.seed = self._next_seed if seed is None else seed
         self._next_seed = self.seed + 1
         self.state, obs = _reset_seed(jnp.int32(self.seed), self.config)
-        return {"state": np.asarray(obs)}, {"success": False, "collision": False, "mode": -1}
+        info = {"success": False, "collision": False, "mode": -1}
+        return jax.tree.map(np.asarray, obs), info
 
     def step(self, action: np.ndarray):
         action = jnp.asarray(np.asarray(action, np.float32).reshape(ACTION_DIM))
-        self.state, obs, reward, _, info = _step_jit(self.state, action, self.config)
+        self.state, _, reward, _, info = _step_jit(self.state, action, self.config)
         info = {k: v.item() for k, v in info.items()}
         terminated = bool(info["success"] or info["collision"])
         truncated = not terminated and info["t"] >= self.config.max_episode_steps
-        return {"state": np.asarray(obs)}, float(reward), terminated, truncated, info
+        obs = jax.tree.map(np.asarray, _observation_jit(self.state, self.config))
+        return obs, float(reward), terminated, truncated, info
 
     def close(self) -> None:
         self.state = None
 
 
 def make_task(
-    max_episode_steps: int = 100, mode_probs: tuple[float, float, float] = MODE_PROBS
+    max_episode_steps: int = 100,
+    mode_probs: tuple[float, float, float] = MODE_PROBS,
+    goal_conditioned: bool = False,
 ) -> Task:
     """The "multimodal" task; options are `MultimodalConfig` fields."""
     from dpjax.envs.multimodal_expert import collect_episodes, make_expert  # it imports us
 
-    config = MultimodalConfig(max_episode_steps=max_episode_steps, mode_probs=tuple(mode_probs))
+    config = MultimodalConfig(
+        max_episode_steps=max_episode_steps,
+        mode_probs=tuple(mode_probs),
+        goal_conditioned=bool(goal_conditioned),
+    )
+    spec = {"state": ArraySpec((STATE_DIM,), "float32")}
+    if config.goal_conditioned:
+        spec["goal"] = ArraySpec((len(MODES),), "float32")
     return Task(
         name="multimodal",
-        observation_spec={"state": ArraySpec((STATE_DIM,), "float32")},
+        observation_spec=spec,
         action_dim=ACTION_DIM,
         max_episode_steps=max_episode_steps,
         make_env=lambda seed: MultimodalEnv(config, seed),

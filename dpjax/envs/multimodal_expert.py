@@ -3,7 +3,8 @@
 The expert draws a side (north / east / south with probabilities 0.45 / 0.40 / 0.15), then
 plans the whole episode at reset: a route around the wall through a pre-grasp waypoint on that
 side (waypoints jittered by up to WAYPOINT_JITTER for diversity within a mode), corner-cut
-into a smooth curve and timed by a minimum-jerk profile. Its action at step t is the plan's
+into a smooth curve and timed by a smooth speed profile (a short quintic ramp-up, a
+cruise, a long ramp-down). Its action at step t is the plan's
 point t+1 (position control). `expert_rollouts` runs hundreds of episodes as one program.
 """
 
@@ -19,27 +20,24 @@ import numpy as np
 from dpjax.envs.base import Episode, make_episode
 from dpjax.envs.multimodal import (
     DEFAULT_CONFIG,
+    EXPERT_ACCEL_STEPS,
+    EXPERT_DECEL,
     EXPERT_MEAN_SPEED,
     FAST_COMPILE,
     GRASP_DISTANCE,
-    MODE_PROBS,
     SIDES,
     WAYPOINT_JITTER,
     MultimodalConfig,
     MultimodalEnv,
     MultimodalState,
     episode_keys,
+    mode_from_uniform,
     mode_of_offset,
     observe,
+    observe_goal,
     reset,
     step,
 )
-
-
-def mode_from_uniform(u: jax.Array, mode_probs=MODE_PROBS) -> jax.Array:
-    """Inverse CDF: u ~ U[0, 1) -> int32 mode."""
-    cdf = jnp.cumsum(jnp.asarray(mode_probs)) / sum(mode_probs)
-    return jnp.sum(u >= cdf[:-1]).astype(jnp.int32)
 
 
 def _route(start: jax.Array, mode: jax.Array, jitter: jax.Array) -> jax.Array:
@@ -73,7 +71,7 @@ def expert_plan(
 ) -> jax.Array:
     """(num_steps + 1, 2) world positions: plan[t] is where the expert wants to be at step t.
 
-    A smoothed route timed by a minimum-jerk profile, whose peak speed stays under MAX_STEP so
+    A smoothed route timed by `path_progress`, whose peak speed stays under MAX_STEP so
     position control tracks it exactly; after arrival the plan holds the grasp point. `key`
     jitters the waypoints; `mode` is given (see `sample_expert` for the expert's choice).
     """
@@ -87,7 +85,7 @@ def sample_expert(
     """The expert's choice for an episode: (mode () int32 ~ mode_probs, plan (T+1, 2))."""
     # One draw for mode and jitter: each random call costs a threefry copy in the program.
     unit = jax.random.uniform(key, (7,))
-    mode = mode_from_uniform(unit[0], config.mode_probs)
+    mode = jnp.where(state.goal >= 0, state.goal, mode_from_uniform(unit[0], config.mode_probs))
     return mode, _plan_from_jitter(unit[1:], state, mode, config.max_episode_steps)
 
 
@@ -102,9 +100,30 @@ def _plan_from_jitter(
     total = arclength[-1]
     duration = jnp.maximum(total / EXPERT_MEAN_SPEED, 1.0)
     tau = jnp.clip(jnp.arange(num_steps + 1) / duration, 0.0, 1.0)
-    s = total * tau**3 * (10.0 - 15.0 * tau + 6.0 * tau**2)
+    s = total * path_progress(tau, jnp.minimum(EXPERT_ACCEL_STEPS / duration, 0.5))
     plan = jnp.stack([jnp.interp(s, arclength, path[:, i]) for i in range(2)], axis=-1)
     return plan + state.cup
+
+
+def _smootherstep_integral(x: jax.Array) -> jax.Array:
+    """Integral from 0 to x of the quintic ramp 6u^5 - 15u^4 + 10u^3 (x in [0, 1])."""
+    return x**6 - 3.0 * x**5 + 2.5 * x**4
+
+
+def path_progress(tau: jax.Array, accel: jax.Array, decel: float = EXPERT_DECEL) -> jax.Array:
+    """Fraction of the path covered at normalized time tau in [0, 1].
+
+    The speed ramps up over the first `accel` of the time and down over the last `decel`
+    (quintic ramps: speed and acceleration continuous), cruising in between. A short
+    ramp-up is what a demonstrator who has chosen a side does: by the end of the first
+    executed chunk the motion shows the side (a global minimum-jerk profile barely moves for
+    the first fifth of the episode, leaving the mode unobservable after one chunk).
+    """
+    up = accel * _smootherstep_integral(jnp.clip(tau / accel, 0.0, 1.0))
+    cruise = jnp.clip(tau - accel, 0.0, 1.0 - accel - decel)
+    left = jnp.clip((1.0 - tau) / decel, 0.0, 1.0)
+    down = decel * (0.5 - _smootherstep_integral(left))
+    return (up + cruise + down) / (1.0 - 0.5 * (accel + decel))
 
 
 def expert_action(state: MultimodalState, plan: jax.Array) -> jax.Array:
@@ -120,7 +139,8 @@ def expert_rollouts(
 
     Returns {"observation" (N, T, 6), "action" (N, T, 2), "reward" (N, T), "valid" (N, T) bool
     (steps taken before the episode ended), "success" (N,), "collision" (N,), "mode" (N,)
-    (geometric), "chosen_mode" (N,)} with T = max_episode_steps.
+    (geometric), "chosen_mode" (N,)} with T = max_episode_steps, plus "goal" (N, T, 3) (the
+    one-hot commanded side) when the task is goal-conditioned.
     """
 
     def episode(seed):
@@ -132,9 +152,9 @@ def expert_rollouts(
         def body(state, noise):
             action = expert_action(state, plan) + noise
             new, _, reward, _, _ = step(state, action, config)
-            return new, (observe(state), action, reward, ~state.done)
+            return new, (observe(state), observe_goal(state), action, reward, ~state.done)
 
-        final, (obs, actions, rewards, valid) = jax.lax.scan(body, state, noise)
+        final, (obs, goals, actions, rewards, valid) = jax.lax.scan(body, state, noise)
         mode_seen = mode_of_offset(final.closest_offset, final.closest_distance)
         return {
             "observation": obs,
@@ -145,6 +165,7 @@ def expert_rollouts(
             "collision": final.collided,
             "mode": mode_seen,
             "chosen_mode": mode,
+            **({"goal": goals} if config.goal_conditioned else {}),
         }
 
     return jax.vmap(episode)(seeds)
@@ -188,7 +209,13 @@ def collect_episodes(
         terminated = bool(out["success"][i] or out["collision"][i])
         episodes.append(
             make_episode(
-                [{"state": o} for o in out["observation"][i, :length]],
+                [
+                    {
+                        "state": out["observation"][i, t],
+                        **({"goal": out["goal"][i, t]} if config.goal_conditioned else {}),
+                    }
+                    for t in range(length)
+                ],  # fmt: skip
                 list(out["action"][i, :length]),
                 list(out["reward"][i, :length]),
                 terminated=terminated,

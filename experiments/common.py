@@ -1,0 +1,178 @@
+"""Shared helpers of the experiment scripts: the provenance every result file states (command,
+machine, versions, date, wall time, size, budget cuts), progress lines, writing results.
+
+Not an experiment itself (it defines no CONFIG). The scripts import it as `common`: running
+`python experiments/NAME.py` puts this folder first on sys.path.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def command_line(script: str | Path, argv: Sequence[str]) -> str:
+    """How to re-run this, from the repo root: `python experiments/NAME.py ARGS`."""
+    script = Path(script).resolve()
+    try:
+        shown = script.relative_to(REPO_ROOT)
+    except ValueError:
+        shown = script
+    return shlex.join(["python", str(shown), *argv])
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores this process may use, load, OS, and the accelerators JAX sees."""
+    import jax
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
+    devices = jax.devices()
+    return {
+        "cpu": cpu_model(),
+        "cores": cores,
+        "load_average_at_start": load,
+        "os": f"{platform.system()} {platform.release()}",
+        "jax_backend": jax.default_backend(),
+        "devices": f"{len(devices)} x {devices[0].device_kind}",
+    }
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit() -> str | None:
+    """The checkout's HEAD commit. (Uncommitted changes are not detected: `git status` may
+    rewrite the index, and an experiment should leave the checkout alone.)"""
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions(extra: Sequence[str] = ()) -> dict[str, Any]:
+    packages = ("jax", "jaxlib", "flax", "optax", "numpy", "dpjax", *extra)
+    return {
+        "python": platform.python_version(),
+        **{p: _version(p) for p in packages},
+        "dpjax_commit": git_commit(),
+    }
+
+
+class Progress:
+    """`[  12.3 s] message` lines, flushed, with the time since the experiment started."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def __call__(self, message: str) -> None:
+        print(f"[{self.elapsed:7.1f} s] {message}", flush=True)
+
+
+def provenance(
+    *, script, argv, size: str, wall_seconds: float, budget_cuts: Sequence[str], extra=()
+) -> dict[str, Any]:
+    return {
+        "command": command_line(script, argv),
+        "size": size,
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "wall_seconds": round(wall_seconds, 1),
+        "machine": machine(),
+        "versions": versions(extra),
+        "budget_cuts": list(budget_cuts),
+    }
+
+
+def provenance_markdown(record: dict[str, Any]) -> str:
+    m, v = record["machine"], record["versions"]
+    shown = ", ".join(f"{k} {val}" for k, val in v.items() if val and k != "dpjax_commit")
+    lines = [
+        f"Command (from the repo root, venv active): `{record['command']}`",
+        "",
+        f"- Size: **{record['size']}**",
+        f"- Machine: {m['cpu']}, {m['cores']} cores, {m['devices']} ({m['jax_backend']}); "
+        f"load average at start {m['load_average_at_start']}; {m['os']}",
+        f"- Versions: {shown}; dpjax commit {v.get('dpjax_commit') or 'unknown'}",
+        f"- Date: {record['date']}; wall time {record['wall_seconds'] / 60:.1f} min",
+    ]
+    if record["budget_cuts"]:
+        lines.append("- Budget cuts: " + "; ".join(record["budget_cuts"]))
+    return "\n".join(lines) + "\n"
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return _jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_results(name: str, markdown: str, data: dict[str, Any], results_dir=RESULTS_DIR):
+    """experiments/results/NAME.md and NAME.json; returns their paths."""
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    md, js = results_dir / f"{name}.md", results_dir / f"{name}.json"
+    md.write_text(markdown)
+    js.write_text(json.dumps(_jsonable(data), indent=1) + "\n")
+    return md, js
+
+
+def have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print(
+            "(install the `plot` extra for the figure: pip install 'dpjax[plot]')", file=sys.stderr
+        )
+        return False
+    return True

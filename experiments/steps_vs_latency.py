@@ -1,0 +1,215 @@
+"""steps_vs_latency: the seed's "Speed vs Quality" table, measured on a trained policy.
+
+One diffusion policy is trained on the multimodal cup task (the `dpjax demo` recipe), then
+evaluated in closed loop with each sampler at 1, 2, 5, 10, 20, 50 and 100 denoising steps
+without retraining: success (95% CI), mode frequencies, smoothness (mean squared jerk, chunk
+jump) and the batch-1 latency of one observation -> action-chunk call. The full size also
+trains a policy on a 1000-timestep schedule and adds 1000 steps. The seed's table (10 steps
+50 ms "fair" ... 1000 steps 5 s "excellent") is printed beside ours, labelled as the seed's.
+
+    python experiments/steps_vs_latency.py --quick          # ~10 min on 2 CPU cores
+    python experiments/steps_vs_latency.py                  # full size
+    python experiments/steps_vs_latency.py --run dpjax_demo/diffusion   # reuse a trained run
+
+Writes experiments/results/steps_vs_latency{_quick}.md / .json / .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+SEED_TABLE = [  # the seed document's "Speed vs Quality Tradeoff" (not measured here)
+    (10, "50 ms", "Fair"),
+    (50, "150 ms", "Good"),
+    (100, "250 ms", "Very good"),
+    (1000, "5 s", "Excellent"),
+]
+SIZES = {
+    "quick": dict(
+        episodes=200, train_steps=4000, eval_episodes=100,
+        samplers=("ddpm", "ddim", "dpmsolver++"), steps=(1, 2, 5, 10, 20, 50, 100),
+        long_schedule=False,
+    ),
+    "full": dict(
+        episodes=200, train_steps=12000, eval_episodes=200,
+        samplers=("ddpm", "ddim", "dpmsolver++", "euler", "heun"),
+        steps=(1, 2, 5, 10, 20, 50, 100), long_schedule=True,
+    ),
+}  # fmt: skip
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="the small size (minutes on a CPU)")
+    parser.add_argument("--run", help="evaluate this trained diffusion run instead of training")
+    parser.add_argument("--work", default="runs/steps_vs_latency", help="data and runs go here")
+    parser.add_argument("--eval-episodes", type=int, help="override the size's episode count")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results", default=str(common.RESULTS_DIR))
+    return parser.parse_args(argv)
+
+
+def train_policy(work: Path, episodes: int, train_steps: int, seed: int, timesteps: int, log):
+    """A diffusion policy on the multimodal task with the demo's recipe; returns its run dir."""
+    from dpjax.commands.demo import collect_demos, demo_config
+    from dpjax.run import train
+
+    dataset = collect_demos(work, episodes, seed)
+    config = demo_config(dataset, "diffusion", "mlp", train_steps, seed)
+    config = dataclasses.replace(
+        config, policy=dataclasses.replace(config.policy, num_train_timesteps=timesteps)
+    )
+    run_dir = work / f"diffusion_T{timesteps}"
+    log(f"training a diffusion policy (T={timesteps}, {train_steps} steps) in {run_dir}")
+    train(config, run_dir, overwrite=True)
+    return run_dir
+
+
+def evaluate_grid(run_dir: Path, samplers, steps, eval_episodes: int, log) -> list[dict]:
+    from dpjax import evaluate
+    from dpjax.run import load_policy
+
+    policy, params, _ = load_policy(run_dir)
+    T = policy.config.num_train_timesteps
+    rows = []
+    for sampler in samplers:
+        for n in steps:
+            if n > T:
+                continue
+            metrics, _ = evaluate.evaluate_multimodal(
+                policy, params, num_episodes=eval_episodes, sampler=sampler,
+                num_inference_steps=n,
+            )  # fmt: skip
+            row = {"sampler": sampler, "steps": n, "num_train_timesteps": T, **metrics}
+            rows.append(row)
+            log(f"T={T} {sampler:>11} {n:>4} steps: success {metrics['success_rate']:.0%}, "
+                f"{metrics['chunk_latency_ms']:.1f} ms/chunk")  # fmt: skip
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| sampler | T | steps | evals | success (95% CI) | north / east / south | jerk "
+        "| chunk jump | ms/chunk (p95) |",
+        "|---|---:|---:|---:|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        lo, hi = r["success_ci95"]
+        f = r["mode_frequencies"]
+        lines.append(
+            f"| {r['sampler']} | {r['num_train_timesteps']} | {r['steps']} | "
+            f"{r['denoiser_evaluations']} | {r['success_rate']:.0%} ({lo:.0%}-{hi:.0%}) | "
+            f"{f['north']:.2f} / {f['east']:.2f} / {f['south']:.2f} | "
+            f"{r['mean_squared_jerk']:.2e} | {r['chunk_jump']:.3f} | "
+            f"{r['chunk_latency_ms']:.2f} ({r['chunk_latency_p95_ms']:.2f}) |"
+        )
+    return "\n".join(lines)
+
+
+def seed_table() -> str:
+    lines = ["| steps | latency (seed) | quality (seed) |", "|---:|---|---|"]
+    lines += [f"| {n} | {latency} | {quality} |" for n, latency, quality in SEED_TABLE]
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for sampler in dict.fromkeys(r["sampler"] for r in rows):
+        for T in sorted({r["num_train_timesteps"] for r in rows}):
+            mine = [r for r in rows if r["sampler"] == sampler and r["num_train_timesteps"] == T]
+            if not mine:
+                continue
+            label = sampler if T == 100 else f"{sampler} (T={T})"
+            latency = [r["chunk_latency_ms"] for r in mine]
+            success = [100 * r["success_rate"] for r in mine]
+            errors = [[100 * (r["success_rate"] - r["success_ci95"][0]) for r in mine],
+                      [100 * (r["success_ci95"][1] - r["success_rate"]) for r in mine]]  # fmt: skip
+            (line,) = left.plot(latency, success, "o-", label=label)
+            left.errorbar(latency, success, yerr=errors, fmt="none", color=line.get_color(),
+                          alpha=0.4)  # fmt: skip
+            for r, x, y in zip(mine, latency, success, strict=True):
+                left.annotate(str(r["steps"]), (x, y), fontsize=7, xytext=(3, 3),
+                              textcoords="offset points")  # fmt: skip
+            right.plot([r["steps"] for r in mine], [r["mean_squared_jerk"] for r in mine], "o-",
+                       color=line.get_color(), label=label)  # fmt: skip
+    left.set_xscale("log")
+    left.set_xlabel("latency per action chunk, batch 1 (ms, log)")
+    left.set_ylabel("closed-loop success (%)")
+    left.set_title("quality vs latency (labels: denoising steps)")
+    left.legend(fontsize=8)
+    right.set_xscale("log")
+    right.set_yscale("log")
+    right.set_xlabel("denoising steps")
+    right.set_ylabel("mean squared jerk of executed actions")
+    right.set_title("smoothness vs steps")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    size = "quick" if args.quick else "full"
+    s = SIZES[size]
+    eval_episodes = args.eval_episodes or s["eval_episodes"]
+    log = common.Progress()
+    work = Path(args.work)
+    cuts = []
+    if args.run:
+        runs = [Path(args.run)]
+        cuts.append(f"evaluated the given run {args.run} (its own training budget)")
+    else:
+        runs = [train_policy(work, s["episodes"], s["train_steps"], args.seed, 100, log)]
+        if s["long_schedule"]:
+            runs.append(train_policy(work, s["episodes"], s["train_steps"], args.seed, 1000, log))
+        else:
+            cuts.append("no 1000-timestep policy (full size only), so no 1000-step row")
+    if size == "quick":
+        cuts.append(f"3 samplers of 5, {s['train_steps']} training steps, 1 training seed, "
+                    f"{eval_episodes} evaluation episodes per cell")  # fmt: skip
+    rows = []
+    for run_dir in runs:
+        T = 100 if "T1000" not in run_dir.name else 1000
+        steps = s["steps"] + ((1000,) if T == 1000 else ())
+        rows += evaluate_grid(run_dir, s["samplers"], steps, eval_episodes, log)
+    record = common.provenance(
+        script=__file__, argv=argv, size=size, wall_seconds=log.elapsed, budget_cuts=cuts
+    )
+    name = "steps_vs_latency" + ("_quick" if args.quick else "")
+    body = table(rows)
+    markdown = (
+        f"# steps_vs_latency ({size})\n\n"
+        "Closed loop on the multimodal cup task (receding horizon, held-out seeds), one "
+        "trained diffusion policy (the `dpjax demo` recipe: MLP denoiser, epsilon prediction, "
+        "capped cosine schedule, clip 1.0, trailing spacing), each sampler and step count "
+        "chosen at evaluation. Latency: median (p95) of one batch-1 observation -> action-chunk "
+        "call after compilation.\n\n"
+        f"{common.provenance_markdown(record)}\n{body}\n\n"
+        "The seed's table, for comparison (the seed's numbers, not measured here):\n\n"
+        f"{seed_table()}\n"
+    )
+    results_dir = Path(args.results)
+    md, js = common.write_results(name, markdown, {**record, "rows": rows}, results_dir)
+    print("\n" + body)
+    written = [md, js]
+    if common.have_matplotlib():
+        written.append(plot(rows, results_dir / f"{name}.png"))
+    print("\nwrote " + ", ".join(map(str, written)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
