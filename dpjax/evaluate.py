@@ -163,9 +163,13 @@ def summarize_multimodal(rollouts: dict[str, np.ndarray], action_horizon: int) -
     boundary, inside = chunk_boundary_jumps(rollouts["actions"], rollouts["length"], action_horizon)
     goals = np.asarray(rollouts.get("goal", np.full(n, -1)))
     commanded = goals >= 0
-    goal_side = {"goal_side_rate": float(np.mean(modes[commanded] == goals[commanded]))}
+    goal_side = (
+        {"goal_side_rate": float(np.mean(modes[commanded] == goals[commanded]))}
+        if commanded.any()
+        else {}
+    )
     return {
-        **(goal_side if commanded.any() else {}),
+        **goal_side,
         "episodes": n,
         "success_rate": successes / n,
         "success_ci95": wilson_interval(successes, n),

@@ -30,6 +30,7 @@ def all_convs(x, w5, w1, w3, w4):
         "down": conv1d.conv1d_stride2(x, w3),
         "down_lax": conv1d.conv1d_lax(x, w3, 2, 1),
         "up": conv1d.conv_transpose1d_x2(x, w4),
+        "up_stacked": conv1d.conv_transpose1d_x2_stacked(x, w4),
         "up_lax": conv1d.conv_transpose1d_lax(x, w4),
         "up_flax": flax_up.apply({"params": {"kernel": w4.transpose(1, 2, 0)[::-1]}}, x),
     }
@@ -53,6 +54,7 @@ def test_matmul_forms_match_lax_and_flax(length):
         ("pointwise", "pointwise_lax"),
         ("down", "down_lax"),
         ("up", "up_lax"),
+        ("up_stacked", "up_lax"),
         ("up", "up_flax"),
     ]:
         np.testing.assert_allclose(out[name], out[ref], atol=1e-5, err_msg=f"{name} vs {ref}")
@@ -112,3 +114,32 @@ def test_bad_config_raises():
         jax.eval_shape(Conv1D(3, 4).init, jax.random.PRNGKey(0), x)
     with pytest.raises(ConfigError, match="impl"):
         jax.eval_shape(Conv1D(3, 5, impl="fft").init, jax.random.PRNGKey(0), x)
+
+
+def test_bfloat16_kernels_keep_float32_activations():
+    """Kernels stored in bfloat16 (cast once, outside the sampler) with float32 activations: the
+    matmul takes bfloat16 inputs, accumulates in float32, and stays close to the float32 conv."""
+    modules = {"conv": Conv1D(16, 5), "down": Downsample1D(), "up": Upsample1D()}
+    x = normal((2, 8, 16), 2)
+    params = {name: numpy_params(m, x) for name, m in modules.items()}
+    half = conv1d.cast_conv_kernels(params)
+    for name in modules:
+        assert half[name]["params"]["kernel"].dtype == jnp.bfloat16
+        assert half[name]["params"]["bias"].dtype == jnp.float32
+
+    @fast_jit
+    def run(params, half, x):
+        return {n: (m.apply(params[n], x), m.apply(half[n], x)) for n, m in modules.items()}
+
+    for name, (ref, out) in run(params, half, x).items():
+        assert out.dtype == jnp.float32, name
+        scale = float(jnp.abs(ref).max())
+        np.testing.assert_allclose(out, ref, atol=2e-2 * scale, err_msg=name)
+        assert not np.array_equal(np.asarray(out), np.asarray(ref)), name  # bf16 inputs really
+
+
+def test_cast_conv_kernels_leaves_dense_weights():
+    params = {"Dense_0": {"kernel": jnp.ones((3, 4))}, "Conv1D_0": {"kernel": jnp.ones((4, 5, 3))}}
+    out = conv1d.cast_conv_kernels(params)
+    assert out["Dense_0"]["kernel"].dtype == jnp.float32
+    assert out["Conv1D_0"]["kernel"].dtype == jnp.bfloat16

@@ -1,0 +1,176 @@
+"""Training throughput: steps/s and samples/s of dpjax's real train step for each denoiser.
+
+The step is `dpjax.train.make_train_step` (what `dpjax train` runs): window sampling on device,
+observation encoder, diffusion loss, gradients, global-norm clipping, AdamW, EMA, with the
+train state donated, over a mesh of `--devices` devices. Policies are in the PushT state shape
+(see _common.py); the data are random PushT-shaped episodes. Device counts above the
+machine's run in a child process with XLA_FLAGS=--xla_force_host_platform_device_count=N
+(simulated CPU devices share the same cores: this checks the data-parallel path, not scaling).
+
+    python benchmarks/training.py                 # batch 64, 1 device, ~2 minutes here
+    python benchmarks/training.py --full --json training.json   # batch 64 and 256, 1 and 8 devices
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _common  # noqa: E402
+
+COLUMNS = [
+    ("denoiser", "s"),
+    ("params", ","),
+    ("batch", "d"),
+    ("devices", "d"),
+    ("step_s|s/step", ".3f"),
+    ("min_step_s|min s/step", ".3f"),
+    ("steps_per_s|steps/s", ".2f"),
+    ("samples_per_s|samples/s", ".0f"),
+    ("compile_s|compile (s)", ".1f"),
+]
+
+
+def pusht_episodes(num_episodes: int = 64, length: int = 40, seed: int = 0):
+    import numpy as np
+
+    from dpjax.envs.base import make_episode
+
+    rng = np.random.default_rng(seed)
+    episodes = []
+    for e in range(num_episodes):
+        states = rng.uniform(-1, 1, (length, _common.STATE_DIM)).astype(np.float32)
+        actions = rng.uniform(-1, 1, (length, _common.ACTION_DIM)).astype(np.float32)
+        meta = {"task": "pusht_shape", "seed": e, "expert": "random", "success": False}
+        episodes.append(
+            make_episode(
+                [{"state": s} for s in states],
+                list(actions),
+                [0.0] * length,
+                terminated=True,
+                metadata=meta,
+            )  # fmt: skip
+        )
+    return episodes
+
+
+def make_step(denoiser: str, batch_size: int, devices: int, dtype: str = "float32"):
+    """(step, state, data, policy): dpjax's jitted train step and its inputs, placed on the mesh."""
+    import jax
+
+    from dpjax import train as train_lib
+    from dpjax.data import make_window_data
+
+    policy = _common.make_pusht_policy(denoiser, dtype)
+    c = policy.config
+    mesh = train_lib.make_mesh(devices)
+    optim = train_lib.OptimConfig()
+    tx = train_lib.make_optimizer(optim, 10_000)
+    params = policy.init(jax.random.key(0))
+    state = train_lib.put_replicated(
+        train_lib.init_train_state(params, tx, jax.random.key(1)), mesh
+    )
+    windows = make_window_data(
+        pusht_episodes(),
+        obs_horizon=c.obs_horizon,
+        pred_horizon=c.pred_horizon,
+        action_horizon=c.action_horizon,
+    )
+    data = train_lib.put_replicated(windows, mesh)
+    step = train_lib.make_train_step(policy.loss, tx, optim, mesh, batch_size, 10_000)
+    return step, state, data, policy
+
+
+def bench(denoiser: str, batch_size: int, devices: int, seconds: float) -> dict:
+    import jax
+
+    from dpjax.nets import count_params
+
+    step, state, data, _ = make_step(denoiser, batch_size, devices)
+    n_params = count_params(state.params)
+    t0 = time.perf_counter()
+    state, metrics = step(state, data)
+    jax.block_until_ready(metrics)
+    first_s = time.perf_counter() - t0
+    holder = {"state": state}
+
+    def one():
+        holder["state"], m = step(holder["state"], data)
+        jax.block_until_ready(m)
+
+    timing = _common.time_call(one, min_seconds=seconds, min_repeats=3)
+    per_step = timing["median_s"]
+    return {
+        "denoiser": denoiser,
+        "params": n_params,
+        "batch": batch_size,
+        "devices": devices,
+        "step_s": per_step,
+        "min_step_s": timing["min_s"],
+        "repeats": timing["repeats"],
+        "steps_per_s": 1 / per_step,
+        "samples_per_s": batch_size / per_step,
+        "compile_s": max(first_s - per_step, 0.0),
+    }
+
+
+def _run_child(args, devices: int) -> list[dict]:
+    """The cases on `devices` simulated devices, in a fresh process (XLA_FLAGS is read once)."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
+    ).strip()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "rows.json")
+        cmd = [sys.executable, os.path.abspath(__file__), "--devices", str(devices),
+               "--denoisers", *args.denoisers, "--batches", *map(str, args.batches),
+               "--seconds", str(args.seconds), "--json", out]  # fmt: skip
+        subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+        with open(out) as f:
+            return json.load(f)["rows"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--denoisers", nargs="+", default=list(_common.DENOISERS),
+                        choices=list(_common.DENOISERS))  # fmt: skip
+    parser.add_argument("--batches", type=int, nargs="+", default=[64])
+    parser.add_argument("--devices", type=int, nargs="+", default=[1])
+    parser.add_argument("--seconds", type=float, default=4.0, help="timing budget per case")
+    parser.add_argument("--full", action="store_true", help="batch 64 and 256, 1 and 8 devices")
+    parser.add_argument("--json", help="also write the rows as JSON here")
+    args = parser.parse_args(argv)
+    if args.full:
+        args.batches, args.devices = [64, 256], [1, 8]
+    import jax
+
+    info = _common.machine()
+    rows = []
+    for devices in args.devices:
+        if devices > jax.device_count():
+            rows += _run_child(args, devices)
+            continue
+        for name in args.denoisers:
+            for batch in args.batches:
+                r = bench(name, batch, devices, args.seconds)
+                rows.append(r)
+                print(f"{name:11s} batch={batch:4d} devices={devices} {r['step_s']:.3f} s/step "
+                      f"(min {r['min_step_s']:.3f}) compile {r['compile_s']:.1f} s",
+                      file=sys.stderr, flush=True)  # fmt: skip
+    print(_common.header("training step throughput (dpjax.train.make_train_step)", info))
+    print(_common.markdown_table(COLUMNS, rows))
+    _common.write_json(args.json, "training", args, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

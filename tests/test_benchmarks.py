@@ -1,0 +1,88 @@
+"""The performance benchmarks run end to end at a tiny size, so they cannot rot.
+
+Each benchmark's `main(argv)` prints a Markdown table and writes JSON; here with the seed MLP,
+one or two steps and no timing budget (seconds, not minutes). The UNet sizes are what the
+benchmarks exist for, but compiling them takes longer than this whole file may.
+"""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from dpjax.commands import bench
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name: str):
+    sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"bench_test_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(name: str, argv: list[str], tmp_path, capsys) -> tuple[dict, str]:
+    out = tmp_path / f"{name}.json"
+    assert load(name).main([*argv, "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "# machine:" in table and "cores" in table and "jax" in table
+    payload = json.loads(out.read_text())
+    assert payload["benchmark"] == name and payload["machine"]["jax"]
+    return payload, table
+
+
+def test_dpjax_bench_lists_the_performance_benchmarks():
+    assert {"sampling", "training", "roofline", "vs_lerobot"} <= set(bench.available())
+    assert "_common" not in bench.available()
+
+
+def test_sampling(tmp_path, capsys):
+    argv = ["--denoisers", "mlp", "--methods", "ddim", "--steps", "1", "2",
+            "--dtypes", "float32", "bfloat16", "--seconds", "0"]  # fmt: skip
+    payload, table = run("sampling", argv, tmp_path, capsys)
+    rows = payload["rows"]
+    assert [(r["steps"], r["dtype"]) for r in rows] == [
+        (1, "float32"), (1, "bfloat16"), (2, "float32"), (2, "bfloat16")
+    ]  # fmt: skip
+    for r in rows:
+        assert r["latency_ms"] > 0 and r["min_ms"] <= r["latency_ms"] and r["compile_s"] >= 0
+        assert r["evaluations"] == r["steps"] and r["batch"] == 1
+    assert rows[1]["max_abs_err"] < 0.1 and "max_abs_err" not in rows[0]
+    assert "| mlp | ddim | 2 | 2 | 1 | bfloat16 |" in table
+
+
+def test_training(tmp_path, capsys):
+    argv = ["--denoisers", "mlp", "--batches", "8", "--seconds", "0"]
+    payload, table = run("training", argv, tmp_path, capsys)
+    (row,) = payload["rows"]
+    assert row["batch"] == 8 and row["devices"] == 1 and row["steps_per_s"] > 0
+    assert row["samples_per_s"] == pytest.approx(8 * row["steps_per_s"])
+    assert "| mlp |" in table and "samples/s" in table
+
+
+def test_roofline(tmp_path, capsys):
+    argv = ["--denoisers", "mlp", "--batches", "1", "--train-batches", "--steps", "1", "2",
+            "--seconds", "0", "--bandwidth-mb", "8"]  # fmt: skip
+    payload, table = run("roofline", argv, tmp_path, capsys)
+    assert payload["peaks"]["peak_gflops_float32"] > 0 and payload["peaks"]["bandwidth_gbs"] > 0
+    (row,) = payload["rows"]
+    assert row["gflop"] > 0 and row["weight_mb"] > 0 and row["of_limit"] > 0
+    assert row["bound"] in ("weights", "FLOPs")
+    assert "GFLOP/s" in table
+
+
+def test_vs_lerobot_without_lerobot_says_how_to_install(monkeypatch, capsys):
+    module = load("vs_lerobot")
+    monkeypatch.setattr(module, "import_lerobot", lambda: (None, "ImportError: no lerobot"))
+    assert module.main(["--sample", "1x10"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'dpjax[lerobot]'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_vs_lerobot_rejects_unmatched_cases():
+    with pytest.raises(SystemExit):
+        load("vs_lerobot").main(["--sample", "1x7"])
