@@ -260,11 +260,17 @@ class Policy:
         ).shape
         self.network = PolicyNetwork(config, int(cond_shape[-1]))
 
+    @functools.cached_property
+    def observation_keys(self) -> tuple[str, ...]:
+        """The observation keys the policy reads, in the dataset spec's order."""
+        used = (*self.config.low_dim_keys, *self.config.image_keys)
+        return tuple(k for k in self.observation_spec if k in used)
+
     def example_observation(self, batch_size: int) -> dict[str, jnp.ndarray]:
         return {
             k: jnp.zeros((batch_size, self.config.obs_horizon, *s.shape), s.dtype)
             for k, s in self.observation_spec.items()
-            if k in (*self.config.low_dim_keys, *self.config.image_keys)
+            if k in self.observation_keys
         }
 
     def init(self, key: jax.Array) -> Any:
@@ -284,7 +290,7 @@ class Policy:
 
     def check_observation(self, observation: Mapping[str, Any]) -> int:
         """Host-side validation of a raw observation batch; returns the batch size."""
-        expected = {k: self.observation_spec[k] for k in self.example_observation(1)}
+        expected = {k: self.observation_spec[k] for k in self.observation_keys}
         missing = [k for k in expected if k not in observation]
         if missing:
             raise ShapeError(f"observation is missing keys {missing}; expected {sorted(expected)}")
@@ -327,9 +333,7 @@ class Policy:
         """Checks the observation on the host, then returns (B, action_horizon, A) actions."""
         self.check_observation(observation)
         fn = self.inference_fn(**options)
-        return fn(
-            params, {k: jnp.asarray(observation[k]) for k in self.example_observation(1)}, key
-        )
+        return fn(params, {k: jnp.asarray(observation[k]) for k in self.observation_keys}, key)
 
 
 class DiffusionPolicy(Policy):
