@@ -57,9 +57,12 @@ def evaluate_run(run_dir, *, episodes, seed, sampler=None, steps=None, best=Fals
         task_name, task_options = task, {}
     options = {"sampler": sampler, "num_inference_steps": steps}
     if task_name == "multimodal":
+        from dpjax.envs.multimodal import config_from_options
+
         metrics, rollouts = evaluate.evaluate_multimodal(
-            policy, params, num_episodes=episodes, seed=seed, **options
-        )
+            policy, params, num_episodes=episodes, seed=seed,
+            env_config=config_from_options(**task_options), **options,
+        )  # fmt: skip
     else:
         from tqdm import tqdm
 

@@ -326,6 +326,20 @@ class MultimodalEnv:
         self.state = None
 
 
+def config_from_options(
+    max_episode_steps: int = 100,
+    mode_probs: tuple[float, float, float] = MODE_PROBS,
+    goal_conditioned: bool = False,
+) -> MultimodalConfig:
+    """The MultimodalConfig of `make_task`'s options (as a dataset's collection info records
+    them, JSON lists included)."""
+    return MultimodalConfig(
+        max_episode_steps=int(max_episode_steps),
+        mode_probs=tuple(mode_probs),
+        goal_conditioned=bool(goal_conditioned),
+    )
+
+
 def make_task(
     max_episode_steps: int = 100,
     mode_probs: tuple[float, float, float] = MODE_PROBS,
@@ -334,10 +348,10 @@ def make_task(
     """The "multimodal" task; options are `MultimodalConfig` fields."""
     from dpjax.envs.multimodal_expert import collect_episodes, make_expert  # it imports us
 
-    config = MultimodalConfig(
+    config = config_from_options(
         max_episode_steps=max_episode_steps,
-        mode_probs=tuple(mode_probs),
-        goal_conditioned=bool(goal_conditioned),
+        mode_probs=mode_probs,
+        goal_conditioned=goal_conditioned,
     )
     spec = {"state": ArraySpec((STATE_DIM,), "float32")}
     if config.goal_conditioned:
