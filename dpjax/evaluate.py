@@ -263,6 +263,7 @@ def rollout_gym(
     num_envs: int = 10,
     progress=None,
     act_fn=None,
+    frames: int = 0,
     **options,
 ) -> dict[str, Any]:
     """Episodes on seeds seed..seed+N-1, `num_envs` environments stepped in lockstep so the
@@ -275,18 +276,26 @@ def rollout_gym(
     ...)} numpy) plus the live envs and their seeds, e.g. a scripted expert that reads the
     simulator, to check this loop against the expert's own rollouts. `policy` then only has to
     supply `config` (observation keys, obs_horizon, action_horizon); `params` and `options` are
-    unused."""
+    unused.
+
+    `frames` > 0 (envs with `render()`): "frames" holds (step, image) pairs of the first
+    episode, about that many evenly spaced plus its last step, for a picture strip."""
     c = policy.config
     keys = [*c.low_dim_keys, *c.image_keys]
     chunk_fn = policy.inference_fn(**options) if act_fn is None else None
     out: dict[str, list] = {"success": [], "length": [], "actions": [], "max_coverage": [],
                             "final_coverage": []}  # fmt: skip
     key = jax.random.key(seed)
+    frame_every = max(task.max_episode_steps // max(frames, 1), 1)
+    out["frames"] = []
     for start in range(seed, seed + num_episodes, num_envs):
         seeds = list(range(start, min(start + num_envs, seed + num_episodes)))
         envs = [task.make_env(s) for s in seeds]
         try:
             first = [env.reset(seed=s)[0] for env, s in zip(envs, seeds, strict=True)]
+            filming = frames > 0 and start == seed and hasattr(envs[0], "render")
+            if filming:
+                out["frames"].append((0, envs[0].render()))
             history = {k: np.stack([np.repeat(o[k][None], c.obs_horizon, 0) for o in first])
                        for k in keys}  # fmt: skip
             done = np.zeros(len(envs), bool)
@@ -317,6 +326,8 @@ def rollout_gym(
                     if "coverage" in info:
                         coverage[i].append(float(info["coverage"]))
                     done[i] = success[i] or terminated or truncated
+                    if filming and i == 0 and (length[0] % frame_every == 0 or done[0]):
+                        out["frames"].append((int(length[0]), env.render()))
                     for k in keys:
                         history[k][i] = np.concatenate([history[k][i][1:], obs[k][None]], 0)
                 if progress is not None:
@@ -332,6 +343,30 @@ def rollout_gym(
         out["max_coverage"] += [max(cv) if cv else float("nan") for cv in coverage]
         out["final_coverage"] += [cv[-1] if cv else float("nan") for cv in coverage]
     return out
+
+
+def plot_frames(frames: list[tuple[int, np.ndarray]], path, title: str = "", max_frames: int = 8):
+    """A strip of (step, image) frames, e.g. `rollout_gym(..., frames=6)["frames"]`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if len(frames) > max_frames:  # keep the first and last, evenly in between
+        picks = np.linspace(0, len(frames) - 1, max_frames).round().astype(int)
+        frames = [frames[i] for i in picks]
+    fig, axes = plt.subplots(1, len(frames), figsize=(2.2 * len(frames), 2.5), squeeze=False)
+    for ax, (step, image) in zip(axes[0], frames, strict=True):
+        ax.imshow(image)
+        ax.set_title(f"step {step}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
 
 
 def summarize_gym(rollouts: dict[str, Any], action_horizon: int) -> dict[str, Any]:

@@ -75,6 +75,7 @@ def evaluate_run(run_dir, *, episodes, seed, sampler=None, steps=None, best=Fals
                 num_episodes=episodes,
                 seed=seed,
                 progress=lambda: bar.update(10),
+                frames=6,
                 **options,
             )
         metrics = evaluate.summarize_gym(rollouts, policy.config.action_horizon)
@@ -115,12 +116,19 @@ def run(args) -> int:
     (out / f"{stem}.md").write_text(markdown(metrics))
     print(markdown(metrics))
     written = [out / f"{stem}.json", out / f"{stem}.md"]
-    if task_name == "multimodal":
-        try:
-            from dpjax.evaluate import plot_multimodal
+    try:
+        from dpjax import evaluate
 
-            written.append(plot_multimodal({metrics["kind"]: rollouts}, out / f"{stem}.png"))
-        except ImportError:
-            print("(install the `plot` extra for the trajectory picture)")
+        if task_name == "multimodal":
+            written.append(
+                evaluate.plot_multimodal({metrics["kind"]: rollouts}, out / f"{stem}.png")
+            )
+        elif rollouts.get("frames"):
+            title = (
+                f"{task_name}: first episode ({'success' if rollouts['success'][0] else 'failure'})"
+            )
+            written.append(evaluate.plot_frames(rollouts["frames"], out / f"{stem}.png", title))
+    except ImportError:
+        print("(install the `plot` extra for the picture)")
     print("wrote " + ", ".join(map(str, written)))
     return 0

@@ -76,6 +76,10 @@ class PushTEnv:
             **options,
         )
 
+    def render(self) -> np.ndarray:
+        """(680, 680, 3) uint8 picture of the scene (the package's renderer)."""
+        return np.asarray(self._env.render(), np.uint8)
+
     @property
     def physics(self):
         """The unwrapped gym-pusht env (pymunk space, bodies, `_get_coverage`)."""
