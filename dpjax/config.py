@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib.util
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -21,14 +22,24 @@ from dpjax.errors import ConfigError
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
 
 
+def config_names() -> list[str]:
+    """experiments/*.py that define a CONFIG (the study scripts there do not)."""
+    return sorted(
+        p.stem
+        for p in EXPERIMENTS_DIR.glob("*.py")
+        if p.stem[0] != "_" and re.search(r"^CONFIG\b", p.read_text(), re.MULTILINE)
+    )
+
+
 def load_config_file(path_or_name: str) -> Any:
     """`CONFIG` from a .py file, or from experiments/<name>.py."""
     path = Path(path_or_name)
     if not path.suffix and not path.exists():
         path = EXPERIMENTS_DIR / f"{path_or_name}.py"
     if not path.is_file():
-        available = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.py") if p.stem[0] != "_")
-        raise ConfigError(f"no config file {path_or_name!r}; experiments: {', '.join(available)}")
+        raise ConfigError(
+            f"no config file {path_or_name!r}; experiments: {', '.join(config_names())}"
+        )
     spec = importlib.util.spec_from_file_location(f"dpjax_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     try:

@@ -20,6 +20,7 @@ CONFIG = TrainConfig(
         denoiser="unet1d",
         down_dims=(64, 128, 256),
         num_train_timesteps=100,
+        prediction_type="sample",  # learned ~2x faster than epsilon here (see dpjax demo)
         sampler="ddim",
         num_inference_steps=10,
     ),
