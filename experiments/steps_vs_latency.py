@@ -71,6 +71,20 @@ def train_policy(work: Path, episodes: int, train_steps: int, seed: int, timeste
     return run_dir
 
 
+def describe_run(run_dir: Path) -> str:
+    """The trained policy's recipe, read from its run directory."""
+    from dpjax.run import load_run_config
+
+    config = load_run_config(run_dir)
+    p = config.policy
+    return (
+        f"{run_dir}: {p.denoiser} denoiser predicting {p.prediction_type}, {p.beta_schedule} "
+        f"schedule with T={p.num_train_timesteps}, clip {p.clip_sample}, "
+        f"{p.timestep_spacing} spacing; {config.num_steps} training steps at batch "
+        f"{config.batch_size}"
+    )
+
+
 def evaluate_grid(run_dir: Path, samplers, steps, eval_episodes: int, log) -> list[dict]:
     from dpjax import evaluate
     from dpjax.run import load_policy
@@ -178,7 +192,8 @@ def main(argv=None) -> int:
         else:
             cuts.append("no 1000-timestep policy (full size only), so no 1000-step row")
     if size == "quick":
-        cuts.append(f"3 samplers of 5, {s['train_steps']} training steps, 1 training seed, "
+        trained = "" if args.run else f"{s['train_steps']} training steps, "
+        cuts.append(f"3 samplers of 5, {trained}1 training seed, "
                     f"{eval_episodes} evaluation episodes per cell")  # fmt: skip
     rows = []
     for run_dir in runs:
@@ -192,11 +207,10 @@ def main(argv=None) -> int:
     body = table(rows)
     markdown = (
         f"# steps_vs_latency ({size})\n\n"
-        "Closed loop on the multimodal cup task (receding horizon, held-out seeds), one "
-        "trained diffusion policy (the `dpjax demo` recipe: MLP denoiser, epsilon prediction, "
-        "capped cosine schedule, clip 1.0, trailing spacing), each sampler and step count "
-        "chosen at evaluation. Latency: median (p95) of one batch-1 observation -> action-chunk "
-        "call after compilation.\n\n"
+        "Closed loop on the multimodal cup task (receding horizon, held-out seeds), each "
+        "sampler and step count chosen at evaluation of one trained diffusion policy per "
+        "schedule. Latency: median (p95) of one batch-1 observation -> action-chunk call "
+        "after compilation.\n\n" + "".join(f"- Policy: {describe_run(r)}\n" for r in runs) + "\n"
         f"{common.provenance_markdown(record)}\n{body}\n\n"
         "The seed's table, for comparison (the seed's numbers, not measured here):\n\n"
         f"{seed_table()}\n"
