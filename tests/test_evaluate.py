@@ -116,3 +116,26 @@ def test_goal_conditioned_rollouts_score_the_commanded_side():
     # A policy that reads the goal cannot run on the task without one.
     with pytest.raises(Exception, match="goal"):
         evaluate.rollout_multimodal(Replay(), None, num_episodes=2, seed=0)
+
+
+def test_gym_summary_of_hand_made_rollouts():
+    """Coverage is averaged per episode (max over the episode, and its last value); jerk and
+    chunk jumps use each episode's own length; absent coverage (Meta-World) is left out."""
+    line = np.stack([np.arange(6.0), np.zeros(6)], axis=1)  # constant velocity: zero jerk
+    cubic = np.stack([np.arange(4.0) ** 3, np.zeros(4)], axis=1)  # third difference 6
+    rollouts = {
+        "success": [True, False],
+        "length": [6, 4],
+        "actions": [line, cubic],
+        "max_coverage": [0.97, 0.40],
+        "final_coverage": [0.96, 0.10],
+    }
+    metrics = evaluate.summarize_gym(rollouts, action_horizon=2)
+    assert metrics["success_rate"] == 0.5 and metrics["episodes"] == 2
+    assert metrics["max_coverage"] == pytest.approx((0.97 + 0.40) / 2)
+    assert metrics["final_coverage"] == pytest.approx((0.96 + 0.10) / 2)
+    assert metrics["mean_squared_jerk"] == pytest.approx((0.0 + 36.0) / 2)
+    assert metrics["mean_episode_length"] == 5.0
+    no_coverage = {**rollouts, "max_coverage": [float("nan")] * 2,
+                   "final_coverage": [float("nan")] * 2}  # fmt: skip
+    assert "max_coverage" not in evaluate.summarize_gym(no_coverage, action_horizon=2)
