@@ -176,3 +176,17 @@ def have_matplotlib() -> bool:
         )
         return False
     return True
+
+
+def publish(
+    name: str, markdown: str, data: dict[str, Any], table: str, plot=None, results_dir=RESULTS_DIR
+) -> list[Path]:
+    """Writes NAME.md / NAME.json (and NAME.png via `plot(path)` when matplotlib is there),
+    prints the table and where everything went; returns the paths."""
+    results_dir = Path(results_dir)
+    written = list(write_results(name, markdown, data, results_dir))
+    print("\n" + table)
+    if plot is not None and have_matplotlib():
+        written.append(plot(results_dir / f"{name}.png"))
+    print("\nwrote " + ", ".join(map(str, written)))
+    return written

@@ -208,14 +208,9 @@ def main(argv=None) -> int:
         "The seed's claim, for comparison (not measured here): cross-attention gives a 5-10% "
         "improvement on novel objects over concatenation.\n"
     )
-    results_dir = Path(args.results)
-    data_out = {**record, "observation_conditioning": study1, "goal_conditioning": study2}
-    md, js = common.write_results(name, markdown, data_out, results_dir)
-    print("\n" + body)
-    written = [md, js]
-    if common.have_matplotlib():
-        written.append(plot(study1, study2, results_dir / f"{name}.png"))
-    print("\nwrote " + ", ".join(map(str, written)))
+    data = {**record, "observation_conditioning": study1, "goal_conditioning": study2}
+    common.publish(name, markdown, data, body, lambda path: plot(study1, study2, path),
+                   args.results)  # fmt: skip
     return 0
 
 

@@ -215,13 +215,8 @@ def main(argv=None) -> int:
         "The seed's table, for comparison (the seed's numbers, not measured here):\n\n"
         f"{seed_table()}\n"
     )
-    results_dir = Path(args.results)
-    md, js = common.write_results(name, markdown, {**record, "rows": rows}, results_dir)
-    print("\n" + body)
-    written = [md, js]
-    if common.have_matplotlib():
-        written.append(plot(rows, results_dir / f"{name}.png"))
-    print("\nwrote " + ", ".join(map(str, written)))
+    data = {**record, "rows": rows}
+    common.publish(name, markdown, data, body, lambda path: plot(rows, path), args.results)
     return 0
 
 

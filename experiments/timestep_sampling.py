@@ -176,13 +176,8 @@ def main(argv=None) -> int:
         f"seeds ({EVAL_SAMPLER['sampler']}, {EVAL_SAMPLER['num_inference_steps']} steps).\n\n"
         f"{common.provenance_markdown(record)}\n{body}\n"
     )
-    results_dir = Path(args.results)
-    md, js = common.write_results(name, markdown, {**record, "curves": curves}, results_dir)
-    print("\n" + body)
-    written = [md, js]
-    if common.have_matplotlib():
-        written.append(plot(curves, results_dir / f"{name}.png"))
-    print("\nwrote " + ", ".join(map(str, written)))
+    data = {**record, "curves": curves}
+    common.publish(name, markdown, data, body, lambda path: plot(curves, path), args.results)
     return 0
 
 
