@@ -172,7 +172,8 @@ def main(argv=None) -> int:
         f"# timestep_sampling ({size_name})\n\n"
         "Diffusion policies on the multimodal cup task that differ only in the training "
         "objective. Cells: validation loss of the standard objective (uniform timesteps, "
-        "unweighted; the same yardstick for every row) / closed-loop success on held-out "
+        "unweighted; one yardstick for the epsilon rows, while the x0 row's loss is in x0 units) / "
+        "closed-loop success on held-out "
         f"seeds ({EVAL_SAMPLER['sampler']}, {EVAL_SAMPLER['num_inference_steps']} steps).\n\n"
         f"{common.provenance_markdown(record)}\n{body}\n"
     )
