@@ -190,3 +190,13 @@ def publish(
         written.append(plot(results_dir / f"{name}.png"))
     print("\nwrote " + ", ".join(map(str, written)))
     return written
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Lays out, writes (100 dpi) and closes a matplotlib figure; returns the path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

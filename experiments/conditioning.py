@@ -135,10 +135,7 @@ def plot(study1: dict, study2: dict, path: Path) -> Path:
     right.set_xticks(np.arange(len(names2)), names2)
     right.set_title("goal-conditioned task")
     right.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return common.save_figure(fig, path)
 
 
 def main(argv=None) -> int:

@@ -167,10 +167,7 @@ def plot(rows: list[dict], path: Path) -> Path:
     right.set_xlabel("denoising steps")
     right.set_ylabel("mean squared jerk of executed actions")
     right.set_title("smoothness vs steps")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return common.save_figure(fig, path)
 
 
 def main(argv=None) -> int:

@@ -136,10 +136,7 @@ def plot(curves: dict[str, list[list[dict]]], path: Path) -> Path:
     right.set_ylabel("closed-loop success (%), DDPM 100 steps")
     right.legend()
     fig.suptitle("Timestep sampling and loss weighting: multimodal cup task")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return common.save_figure(fig, path)
 
 
 def main(argv=None) -> int:
