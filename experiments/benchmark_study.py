@@ -172,6 +172,7 @@ def recipe(config) -> dict[str, Any]:
     return {
         "denoiser": pc.denoiser,
         "hidden_dims": list(pc.hidden_dims),
+        "prediction_type": pc.prediction_type,
         "sampler": pc.sampler,
         "num_inference_steps": pc.num_inference_steps,
         "horizons (obs, pred, action)": [pc.obs_horizon, pc.pred_horizon, pc.action_horizon],
