@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from dpjax.machine import cpu_model
+
 STATE_DIM, ACTION_DIM = 18, 2
 PUSHT = dict(
     action_dim=ACTION_DIM,
@@ -37,15 +39,6 @@ DENOISERS: dict[str, dict[str, Any]] = {
 # float32 activations with the temporal-conv kernels stored in bfloat16 (matmuls read half the
 # bytes and accumulate in float32, see dpjax.nets.conv1d).
 DTYPES = ("float32", "bfloat16", "bf16-weights")
-
-
-def cpu_model() -> str:
-    if platform.system() == "Linux" and os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def machine() -> dict[str, Any]:

@@ -23,11 +23,11 @@ import os
 import platform
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
 from dpjax.commands.collect import collect, resolve_task
 from dpjax.data import load_dataset
+from dpjax.machine import cpu_model, package_version
 
 # label -> (task name, task options). Meta-World demos get small action noise for diversity,
 # through the task's own (clipped) noise option so recorded actions stay in [-1, 1].
@@ -43,31 +43,13 @@ PRESETS: dict[str, tuple[str, dict]] = {
 DEFAULT_TASKS = ",".join(PRESETS)
 
 
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "-"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_line() -> str:
+    packages = ("jax", "tensorflow-datasets", "array-record", "gym-pusht", "metaworld", "mujoco")
     return (
-        f"{_cpu_model()}, {os.cpu_count()} cores visible, load average at start "
+        f"{cpu_model()}, {os.cpu_count()} cores visible, load average at start "
         f"{os.getloadavg()[0]:.1f}; {platform.system()} {platform.release()}; "
-        f"python {platform.python_version()}, jax {_version('jax')}, "
-        f"tensorflow-datasets {_version('tensorflow-datasets')}, "
-        f"array-record {_version('array-record')}, gym-pusht {_version('gym-pusht')}, "
-        f"metaworld {_version('metaworld')}, mujoco {_version('mujoco')}"
+        f"python {platform.python_version()}, "
+        + ", ".join(f"{p} {package_version(p, '-')}" for p in packages)
     )
 
 

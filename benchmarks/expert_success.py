@@ -17,23 +17,16 @@ import argparse
 import os
 import platform
 import time
-from importlib import metadata
 
 import numpy as np
 
 from dpjax.envs import make_task, rollout_expert
+from dpjax.machine import package_version
 
 DEFAULT_TASKS = (
     "metaworld-pick-place-v3,metaworld-push-v3,metaworld-peg-insert-side-v3,"
     "metaworld-drawer-open-v3"
 )
-
-
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "-"
 
 
 def measure(task_name: str, episodes: int, seed: int, action_noise: float) -> dict:
@@ -68,9 +61,10 @@ def main() -> None:
 
     print(
         f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cpus; "
-        f"python {platform.python_version()}, jax {_version('jax')}, "
-        f"metaworld {_version('metaworld')}, mujoco {_version('mujoco')}; "
-        f"action_noise {args.action_noise}, seeds {args.seed}..{args.seed + args.episodes - 1}"
+        f"python {platform.python_version()}, "
+        + ", ".join(f"{p} {package_version(p, '-')}" for p in ("jax", "metaworld", "mujoco"))
+        + f"; action_noise {args.action_noise}, "
+        f"seeds {args.seed}..{args.seed + args.episodes - 1}"
     )
     print("| task | episodes | success | mean steps (successes) | steps/s | episodes/s |")
     print("|---|---:|---:|---:|---:|---:|")

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from dpjax import samplers, schedules
+from dpjax.machine import cpu_model
 from dpjax.nets import MLPDenoiser, count_params
 
 STEPS = (1, 2, 5, 10, 20, 50, 100, 1000)
@@ -28,20 +29,8 @@ ACTION_HORIZON, ACTION_DIM, COND_DIM = 10, 4, 256 + 64
 
 
 def machine_description() -> str:
-    cpu = (
-        next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in open("/proc/cpuinfo")
-                if line.startswith("model name")
-            ),
-            platform.machine(),
-        )
-        if platform.system() == "Linux"
-        else platform.machine()
-    )
     return (
-        f"{jax.devices()[0].device_kind} ({jax.default_backend()}), {cpu}, "
+        f"{jax.devices()[0].device_kind} ({jax.default_backend()}), {cpu_model()}, "
         f"{jax.device_count()} device(s); jax {jax.__version__}, python {platform.python_version()}"
     )
 

@@ -329,6 +329,10 @@ class Policy:
         start = self.config.obs_horizon - 1
         return chunk[:, start : start + self.config.action_horizon]
 
+    def validation_loss(self, params, batch: Mapping[str, Any], key: jax.Array):
+        """The loss runs report as val_loss: the training loss unless a subclass says so."""
+        return self.loss(params, batch, key)
+
     def act(self, params, observation: Mapping[str, Any], key: jax.Array, **options):
         """Checks the observation on the host, then returns (B, action_horizon, A) actions."""
         self.check_observation(observation)
@@ -404,9 +408,6 @@ class DiffusionPolicy(Policy):
 
 
 class BCPolicy(Policy):
-    def validation_loss(self, params, batch: Mapping[str, Any], key: jax.Array):
-        return self.loss(params, batch, key)
-
     def loss(self, params, batch: Mapping[str, Any], key: jax.Array):
         cond = self._encode(params, batch["observation"], True, key)
         prediction = self.network.apply(params, cond, method=PolicyNetwork.regress)

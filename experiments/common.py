@@ -17,9 +17,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from dpjax.machine import cpu_model, package_version
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -33,16 +34,6 @@ def command_line(script: str | Path, argv: Sequence[str]) -> str:
     except ValueError:
         shown = script
     return shlex.join(["python", str(shown), *argv])
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine() -> dict[str, Any]:
@@ -68,13 +59,6 @@ def machine() -> dict[str, Any]:
     }
 
 
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def git_commit() -> str | None:
     """The checkout's HEAD commit. (Uncommitted changes are not detected: `git status` may
     rewrite the index, and an experiment should leave the checkout alone.)"""
@@ -95,7 +79,7 @@ def versions(extra: Sequence[str] = ()) -> dict[str, Any]:
     packages = ("jax", "jaxlib", "flax", "optax", "numpy", "dpjax", *extra)
     return {
         "python": platform.python_version(),
-        **{p: _version(p) for p in packages},
+        **{p: package_version(p) for p in packages},
         "dpjax_commit": git_commit(),
     }
 

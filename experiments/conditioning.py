@@ -56,21 +56,10 @@ def parse_args(argv):
 
 
 def dataset(work: Path, episodes: int, goal_conditioned: bool) -> Path:
-    from dpjax.commands.collect import collect
-    from dpjax.data import load_dataset
-    from dpjax.envs import make_task
-    from dpjax.errors import DataError
+    from dpjax.commands.demo import collect_demos
 
     path = work / ("data_goal" if goal_conditioned else "data")
-    try:
-        if len(load_dataset(path)) == episodes:
-            return path
-    except DataError:
-        pass
-    task = make_task("multimodal", goal_conditioned=goal_conditioned)
-    collect(task, path, episodes=episodes, seed=0, action_noise=0.0, overwrite=True,
-            progress=False)  # fmt: skip
-    return path
+    return collect_demos(path, episodes, 0, progress=False, goal_conditioned=goal_conditioned)
 
 
 def train_one(work, data, name, denoiser, seed, size, log, keys=("state",)) -> Path:

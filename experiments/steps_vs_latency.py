@@ -60,7 +60,7 @@ def train_policy(work: Path, episodes: int, train_steps: int, seed: int, timeste
     from dpjax.commands.demo import collect_demos, demo_config
     from dpjax.run import train
 
-    dataset = collect_demos(work, episodes, seed)
+    dataset = collect_demos(work / "data", episodes, seed)
     config = demo_config(dataset, "diffusion", "mlp", train_steps, seed)
     config = dataclasses.replace(
         config, policy=dataclasses.replace(config.policy, num_train_timesteps=timesteps)

@@ -148,7 +148,7 @@ def main(argv=None) -> int:
     size = SIZES[size_name]
     log = common.Progress()
     work = Path(args.work)
-    dataset = collect_demos(work, size["episodes"], 0)
+    dataset = collect_demos(work / "data", size["episodes"], 0)
     curves = {}
     for name in VARIANTS:
         curves[name] = []

@@ -49,16 +49,21 @@ def test_mode_assignment_of_hand_made_trajectories():
     assert modes == [0, 1, 2, -1]
 
 
+def replay_table(episodes, steps: int = 100):
+    """(N, steps, A) each episode's actions, its last action repeated past its end."""
+    return jnp.asarray(np.stack([
+        np.concatenate([e["steps"]["action"], np.repeat(e["steps"]["action"][-1:], steps, 0)])
+        [:steps]
+        for e in episodes
+    ]))  # fmt: skip
+
+
 def test_rollout_loop_reproduces_expert_success():
     """Open-loop replay of the expert's actions through the closed-loop machinery: success and
     modes must equal what the expert measured when collecting (same seeds, same physics)."""
     task = mm.make_task()
     episodes = task.collect_episodes(16, 0)
-    actions = np.stack([
-        np.concatenate([e["steps"]["action"], np.repeat(e["steps"]["action"][-1:], 100, 0)])[:100]
-        for e in episodes
-    ])  # fmt: skip
-    table = jnp.asarray(actions)
+    table = replay_table(episodes)
 
     class Replay:
         from dpjax.policy import PolicyConfig
@@ -85,11 +90,7 @@ def test_goal_conditioned_rollouts_score_the_commanded_side():
     config = mm.MultimodalConfig(goal_conditioned=True)
     task = mm.make_task(goal_conditioned=True)
     episodes = task.collect_episodes(24, 0)
-    actions = np.stack([
-        np.concatenate([e["steps"]["action"], np.repeat(e["steps"]["action"][-1:], 100, 0)])[:100]
-        for e in episodes
-    ])  # fmt: skip
-    table = jnp.asarray(actions)
+    table = replay_table(episodes)
     seen = []
 
     class Replay:

@@ -75,21 +75,24 @@ def demo_config(dataset: Path, kind: str, denoiser: str, num_steps: int, seed: i
     )
 
 
-def collect_demos(out: Path, episodes: int, seed: int) -> Path:
+def collect_demos(
+    path: Path, episodes: int, seed: int, *, progress: bool = True, **task_options
+) -> Path:
+    """Multimodal-task expert demonstrations at `path`, reused when a dataset of `episodes`
+    episodes is already there (`task_options`: e.g. goal_conditioned=True)."""
     from dpjax.commands.collect import collect
     from dpjax.data import load_dataset
     from dpjax.envs import make_task
     from dpjax.errors import DataError
 
-    path = out / "data"
     try:
         if len(load_dataset(path)) == episodes:
             print(f"reusing the {episodes} demonstrations in {path}")
             return path
     except DataError:
         pass
-    collect(make_task("multimodal"), path, episodes=episodes, seed=seed, action_noise=0.0,
-            overwrite=True, progress=True)  # fmt: skip
+    collect(make_task("multimodal", **task_options), path, episodes=episodes, seed=seed,
+            action_noise=0.0, overwrite=True, progress=progress)  # fmt: skip
     return path
 
 
@@ -101,7 +104,7 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    dataset = collect_demos(out, episodes, args.seed)
+    dataset = collect_demos(out / "data", episodes, args.seed)
     results, rollouts = {}, {}
     for kind in ("diffusion", "bc"):
         print(f"\ntraining the {kind} policy ({num_steps} steps)")

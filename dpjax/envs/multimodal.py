@@ -293,8 +293,11 @@ def _reset_seed(seed: jax.Array, config: MultimodalConfig):
     return state, observation(state, config)
 
 
-_step_jit = jax.jit(step, static_argnames=("config",), compiler_options=FAST_COMPILE)
-_observation_jit = jax.jit(observation, static_argnames=("config",))
+@functools.partial(jax.jit, static_argnames=("config",), compiler_options=FAST_COMPILE)
+def _step_observed(state: MultimodalState, action: jax.Array, config: MultimodalConfig):
+    """`step` with the observation dict the adapter returns, in one dispatch."""
+    new, _, reward, _, info = step(state, action, config)
+    return new, observation(new, config), reward, info
 
 
 class MultimodalEnv:
@@ -315,12 +318,11 @@ class MultimodalEnv:
 
     def step(self, action: np.ndarray):
         action = jnp.asarray(np.asarray(action, np.float32).reshape(ACTION_DIM))
-        self.state, _, reward, _, info = _step_jit(self.state, action, self.config)
+        self.state, obs, reward, info = _step_observed(self.state, action, self.config)
         info = {k: v.item() for k, v in info.items()}
         terminated = bool(info["success"] or info["collision"])
         truncated = not terminated and info["t"] >= self.config.max_episode_steps
-        obs = jax.tree.map(np.asarray, _observation_jit(self.state, self.config))
-        return obs, float(reward), terminated, truncated, info
+        return jax.tree.map(np.asarray, obs), float(reward), terminated, truncated, info
 
     def close(self) -> None:
         self.state = None
