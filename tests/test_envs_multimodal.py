@@ -206,3 +206,14 @@ def test_goal_conditioned_task_commands_a_side():
     assert set(episode["steps"]["observation"]) == {"state", "goal"}
     obs, _ = task.make_env(7).reset(seed=7)
     np.testing.assert_array_equal(obs["goal"], episode["steps"]["observation"]["goal"][0])
+
+
+def test_task_options_as_a_dataset_records_them_rebuild_the_config():
+    """`dpjax eval` rebuilds the multimodal task from collection info (JSON: lists, not tuples)."""
+    options = {"goal_conditioned": True, "mode_probs": [0.5, 0.3, 0.2], "max_episode_steps": 80}
+    config = mm.config_from_options(**options)
+    assert config == mm.MultimodalConfig(
+        goal_conditioned=True, mode_probs=(0.5, 0.3, 0.2), max_episode_steps=80
+    )
+    hash(config)  # a jit static argument
+    assert mm.config_from_options() == mm.DEFAULT_CONFIG

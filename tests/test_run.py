@@ -192,3 +192,11 @@ def test_8_devices_match_1_device():
     _, maxdiff, _, scale, _, moved = line.split()
     assert float(moved) > 1e-3  # training really changed the parameters
     assert float(maxdiff) < 1e-5 * max(1.0, float(scale)), line
+
+
+def test_unknown_config_lists_only_experiment_files_that_define_config():
+    names = config_lib.config_names()
+    assert {"multimodal_diffusion", "multimodal_bc"} <= set(names)
+    assert not {"common", "benchmark_study", "steps_vs_latency"} & set(names)  # studies
+    with pytest.raises(ConfigError, match="experiments: multimodal_bc, multimodal_diffusion"):
+        config_lib.load_config_file("no_such_experiment")
