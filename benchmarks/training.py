@@ -9,11 +9,13 @@ machine's run in a child process with XLA_FLAGS=--xla_force_host_platform_device
 
     python benchmarks/training.py                 # batch 64, 1 device, ~2 minutes here
     python benchmarks/training.py --full --json training.json   # batch 64 and 256, 1 and 8 devices
+    python benchmarks/training.py --denoisers unet1d --clips dpjax optax   # dpjax's clip vs optax's
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -30,12 +32,17 @@ COLUMNS = [
     ("params", ","),
     ("batch", "d"),
     ("devices", "d"),
+    ("clip", "s"),
     ("step_s|s/step", ".3f"),
     ("min_step_s|min s/step", ".3f"),
     ("steps_per_s|steps/s", ".2f"),
     ("samples_per_s|samples/s", ".0f"),
     ("compile_s|compile (s)", ".1f"),
 ]
+
+# Global-norm gradient clipping: dpjax's multiply (what `dpjax train` runs) and optax's select,
+# the same maths; `--clips dpjax optax` times the whole train step with each.
+CLIPS = ("dpjax", "optax")
 
 
 def pusht_episodes(num_episodes: int = 64, length: int = 40, seed: int = 0):
@@ -61,9 +68,15 @@ def pusht_episodes(num_episodes: int = 64, length: int = 40, seed: int = 0):
     return episodes
 
 
-def make_step(denoiser: str, batch_size: int, devices: int, dtype: str = "float32"):
-    """(step, state, data, policy): dpjax's jitted train step and its inputs, placed on the mesh."""
+def make_step(
+    denoiser: str, batch_size: int, devices: int, dtype: str = "float32", clip: str = "dpjax"
+):
+    """(step, state, data, policy): dpjax's jitted train step and its inputs, placed on the mesh.
+
+    `clip`: "dpjax" (dpjax.train.clip_by_global_norm, what `dpjax train` runs) or "optax"
+    (optax.clip_by_global_norm: same maths, the comparison for CLIPS)."""
     import jax
+    import optax
 
     from dpjax import train as train_lib
     from dpjax.data import make_window_data
@@ -72,7 +85,8 @@ def make_step(denoiser: str, batch_size: int, devices: int, dtype: str = "float3
     c = policy.config
     mesh = train_lib.make_mesh(devices)
     optim = train_lib.OptimConfig()
-    tx = train_lib.make_optimizer(optim, 10_000)
+    clip_fn = optax.clip_by_global_norm if clip == "optax" else train_lib.clip_by_global_norm
+    tx = train_lib.make_optimizer(optim, 10_000, clip=clip_fn)
     params = policy.init(jax.random.key(0))
     state = train_lib.put_replicated(
         train_lib.init_train_state(params, tx, jax.random.key(1)), mesh
@@ -88,12 +102,12 @@ def make_step(denoiser: str, batch_size: int, devices: int, dtype: str = "float3
     return step, state, data, policy
 
 
-def bench(denoiser: str, batch_size: int, devices: int, seconds: float) -> dict:
+def bench(denoiser: str, batch_size: int, devices: int, seconds: float, clip: str) -> dict:
     import jax
 
     from dpjax.nets import count_params
 
-    step, state, data, _ = make_step(denoiser, batch_size, devices)
+    step, state, data, _ = make_step(denoiser, batch_size, devices, clip=clip)
     n_params = count_params(state.params)
     t0 = time.perf_counter()
     state, metrics = step(state, data)
@@ -112,6 +126,7 @@ def bench(denoiser: str, batch_size: int, devices: int, seconds: float) -> dict:
         "params": n_params,
         "batch": batch_size,
         "devices": devices,
+        "clip": clip,
         "step_s": per_step,
         "min_step_s": timing["min_s"],
         "repeats": timing["repeats"],
@@ -131,7 +146,8 @@ def _run_child(args, devices: int) -> list[dict]:
         out = os.path.join(tmp, "rows.json")
         cmd = [sys.executable, os.path.abspath(__file__), "--devices", str(devices),
                "--denoisers", *args.denoisers, "--batches", *map(str, args.batches),
-               "--seconds", str(args.seconds), "--json", out]  # fmt: skip
+               "--seconds", str(args.seconds), "--clips", *args.clips,
+               "--json", out]  # fmt: skip
         subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
         with open(out) as f:
             return json.load(f)["rows"]
@@ -146,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=[64])
     parser.add_argument("--devices", type=int, nargs="+", default=[1])
     parser.add_argument("--seconds", type=float, default=4.0, help="timing budget per case")
+    parser.add_argument("--clips", nargs="+", default=["dpjax"], choices=list(CLIPS),
+                        help="gradient clipping: dpjax's (default) and/or optax's")  # fmt: skip
     parser.add_argument("--full", action="store_true", help="batch 64 and 256, 1 and 8 devices")
     parser.add_argument("--json", help="also write the rows as JSON here")
     args = parser.parse_args(argv)
@@ -160,10 +178,11 @@ def main(argv: list[str] | None = None) -> int:
             rows += _run_child(args, devices)
             continue
         for name in args.denoisers:
-            for batch in args.batches:
-                r = bench(name, batch, devices, args.seconds)
+            for batch, clip in itertools.product(args.batches, args.clips):
+                r = bench(name, batch, devices, args.seconds, clip)
                 rows.append(r)
-                print(f"{name:11s} batch={batch:4d} devices={devices} {r['step_s']:.3f} s/step "
+                print(f"{name:11s} batch={batch:4d} devices={devices} clip={clip} "
+                      f"{r['step_s']:.3f} s/step "
                       f"(min {r['min_step_s']:.3f}) compile {r['compile_s']:.1f} s",
                       file=sys.stderr, flush=True)  # fmt: skip
     print(_common.header("training step throughput (dpjax.train.make_train_step)", info))

@@ -40,8 +40,10 @@ def _weights(ci=3, co=5, seed=0):
     return [normal((co, k, ci), seed + k) for k in (5, 1, 3, 4)]
 
 
-@pytest.mark.parametrize("length", [1, 7])
+# batch 2: lengths 1 and 7 take the few-rows (transposed) matmul, 40 the other one
+@pytest.mark.parametrize("length", [1, 7, 40])
 def test_matmul_forms_match_lax_and_flax(length):
+    assert (2 * 7 <= conv1d.SMALL_ROWS) and (2 * 40 > conv1d.SMALL_ROWS)
     x = normal((2, length, 3), length)
     out = all_convs(x, *_weights())
     assert out["same"].shape == (2, length, 5)
@@ -58,6 +60,20 @@ def test_matmul_forms_match_lax_and_flax(length):
         ("up", "up_flax"),
     ]:
         np.testing.assert_allclose(out[name], out[ref], atol=1e-5, err_msg=f"{name} vs {ref}")
+
+
+@pytest.mark.parametrize("length", [4, 40])
+def test_matmul_gradients_match_lax_on_both_row_paths(length):
+    """The few-rows path (weight on the left, optimization barrier) differentiates like lax."""
+    x, w = normal((2, length, 6), 1), normal((4, 5, 6), 2)
+
+    def loss(conv):
+        return lambda x, w: jnp.sum(jnp.sin(conv(x, w)))
+
+    grads = jax.grad(loss(conv1d.conv1d_same), argnums=(0, 1))(x, w)
+    ref = jax.grad(loss(conv1d.conv1d_lax), argnums=(0, 1))(x, w)
+    for g, r in zip(grads, ref, strict=True):
+        np.testing.assert_allclose(g, r, atol=1e-4, rtol=1e-4)
 
 
 def test_transposed_conv_matches_definition():
