@@ -1,6 +1,6 @@
 """Times the UNet's temporal-conv primitives: XLA's conv vs the matmul forms in dpjax.nets.conv1d.
 
-    python benchmarks/nets_primitives.py [--batches 1 64] [--budget 1.0] [--unet]
+    python benchmarks/nets_primitives.py [--batches 1 64] [--budget 1.0] [--unet] [--matmul]
 
 Shapes are those ConditionalUnet1D(down_dims=(256, 512, 1024)) sees at horizon 16. Each entry is
 the median wall time of one jitted call (ms), after a compile-and-warm-up call.
@@ -14,6 +14,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from dpjax.nets import conv1d
 
@@ -82,14 +83,70 @@ def unet_rows(batch: int, budget: float):
         yield impl, time_call(apply, params, x, t, cond, budget=budget)
 
 
+# (K, Co) of the UNet's largest stride-1 conv (width 5 x 1024 channels) and a 256-channel one
+MATMUL_WEIGHTS = [(5120, 1024), (1280, 256)]
+MATMUL_ROWS = [1, 4, 8, 16, 32, 64, 128, 256, 1024]
+_NT = (((1,), (1,)), ((), ()))
+
+
+def _matmul_forms() -> dict:
+    """rows (M, K) x weight (Co, K) -> (M, Co), three ways."""
+    return {
+        "rows x W^T": lambda x, w: lax.dot_general(x, w, _NT),
+        "(W x rows^T)^T": lambda x, w: lax.optimization_barrier(lax.dot_general(w, x, _NT)).T,
+        "bf16 rows x W^T": lambda x, w: lax.dot_general(
+            x.astype(w.dtype), w, _NT, preferred_element_type=jnp.float32
+        ),
+    }
+
+
+def matmul_rows(budget: float, weights=MATMUL_WEIGHTS, row_counts=MATMUL_ROWS):
+    """Yields (K, Co, rows, {form: ms}, dpjax's form): the matmul behind every matmul conv.
+
+    "rows x W^T" is the plain product, "(W x rows^T)^T" the weight-on-the-left product that
+    `dpjax.nets.conv1d._matmul_nt` uses for up to SMALL_ROWS float32 rows on CPU.
+    """
+    key = jax.random.PRNGKey(0)
+    for k, co in weights:
+        w = jax.random.normal(key, (co, k)) * 0.02
+        weights = {"rows x W^T": w, "(W x rows^T)^T": w, "bf16 rows x W^T": w.astype(jnp.bfloat16)}
+        for m in row_counts:
+            x = jax.random.normal(key, (m, k))
+            ms = {n: time_call(jax.jit(f), x, weights[n], budget=budget)
+                  for n, f in _matmul_forms().items()}  # fmt: skip
+            used = "(W x rows^T)^T" if conv1d._few_rows_transposed(m, x.dtype) else "rows x W^T"
+            yield k, co, m, ms, used
+
+
+def print_matmul_table(budget: float) -> None:
+    print("\n# the matmul under every conv: rows (M, K) x weight (Co, K); ms per call (median),")
+    print("# GB/s = float32 weight bytes / time (batch-1 sampling is bound by reading weights)")
+    forms = list(_matmul_forms())
+    print(
+        "| K x Co | rows | "
+        + " | ".join(f"{f} ms" for f in forms)
+        + " | dpjax uses | GB/s | GFLOP/s |"
+    )
+    print("|---|---:|" + "---:|" * len(forms) + "---|---:|---:|")
+    for k, co, m, ms, used in matmul_rows(budget):
+        cells = " | ".join(f"{ms[f]:.3f}" for f in forms)
+        gbs = 4 * k * co / (ms[used] * 1e-3) / 1e9
+        gflops = 2 * m * k * co / (ms[used] * 1e-3) / 1e9
+        print(f"| {k} x {co} | {m} | {cells} | {used} | {gbs:.1f} | {gflops:.0f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--budget", type=float, default=1.0, help="seconds per measurement")
     parser.add_argument("--unet", action="store_true", help="also time whole UNet calls")
+    parser.add_argument("--matmul", action="store_true", help="only the matmul table")
     args = parser.parse_args()
     cpu = platform.processor() or platform.machine()
     print(f"# jax {jax.__version__}, {jax.devices()[0].device_kind}, {cpu}, {os.cpu_count()} cores")
+    if args.matmul:
+        print_matmul_table(args.budget)
+        return
     print("# ms per call (median); lax = lax.conv_general_dilated (what nn.Conv runs);")
     print("# taps = sum of k shifted matmuls; stacked = one matmul over stacked taps (dpjax)")
     cols = ["lax", "taps", "stacked", "speedup"]

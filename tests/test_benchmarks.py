@@ -56,12 +56,22 @@ def test_sampling(tmp_path, capsys):
 
 
 def test_training(tmp_path, capsys):
-    argv = ["--denoisers", "mlp", "--batches", "8", "--seconds", "0"]
+    argv = ["--denoisers", "mlp", "--batches", "8", "--seconds", "0", "--clips", "dpjax", "optax"]
     payload, table = run("training", argv, tmp_path, capsys)
-    (row,) = payload["rows"]
-    assert row["batch"] == 8 and row["devices"] == 1 and row["steps_per_s"] > 0
-    assert row["samples_per_s"] == pytest.approx(8 * row["steps_per_s"])
-    assert "| mlp |" in table and "samples/s" in table
+    assert [r["clip"] for r in payload["rows"]] == ["dpjax", "optax"]
+    for row in payload["rows"]:
+        assert row["batch"] == 8 and row["devices"] == 1 and row["steps_per_s"] > 0
+        assert row["samples_per_s"] == pytest.approx(8 * row["steps_per_s"])
+    assert "| mlp |" in table and "samples/s" in table and "| optax |" in table
+
+
+def test_matmul_table_times_each_form_and_names_the_one_dpjax_uses():
+    module = load("nets_primitives")
+    rows = list(module.matmul_rows(0.0, weights=[(64, 32)], row_counts=[4, 200]))
+    assert [(k, co, m) for k, co, m, _, _ in rows] == [(64, 32, 4), (64, 32, 200)]
+    for _, _, _, ms, _ in rows:
+        assert set(ms) == set(module._matmul_forms()) and min(ms.values()) > 0
+    assert [used for *_, used in rows] == ["(W x rows^T)^T", "rows x W^T"]
 
 
 def test_roofline(tmp_path, capsys):

@@ -53,12 +53,18 @@ def _stack_taps(xp: jnp.ndarray, k: int, length: int, stride: int = 1) -> jnp.nd
 SMALL_ROWS = 64
 
 
+def _few_rows_transposed(num_rows: int, dtype) -> bool:
+    """Whether `_matmul_nt` computes the transposed product: few float32 rows on CPU
+    (with bfloat16 operands XLA:CPU is slower that way; not measured on GPU/TPU)."""
+    return num_rows <= SMALL_ROWS and dtype == jnp.float32 and jax.default_backend() == "cpu"
+
+
 def _matmul_nt(cols: jnp.ndarray, weight: jnp.ndarray) -> jnp.ndarray:
     """(B, L, K) x (Co, K) -> (B, L, Co), batch and length flattened into one row axis.
 
     A weight of another dtype (bfloat16 weights with float32 activations) sets the dtype of
     the matmul's inputs; the result is accumulated and returned in the activations' dtype.
-    On CPU, few rows (<= SMALL_ROWS) are computed as (Co, K) x (rows, K)^T -> (Co, rows), then
+    On CPU, few float32 rows (<= SMALL_ROWS) are computed as (Co, K) x (rows, K)^T -> (Co, rows), then
     transposed: XLA:CPU then streams the weight once instead of packing it (the matmul runs
     1.5-2x faster at 4-16 rows, where batch-1 sampling is bound by reading the weights). The
     optimization barrier keeps XLA from folding the (tiny) transpose back into the matmul.
@@ -66,7 +72,7 @@ def _matmul_nt(cols: jnp.ndarray, weight: jnp.ndarray) -> jnp.ndarray:
     batch, length, _ = cols.shape
     rows = cols.reshape(batch * length, -1).astype(weight.dtype)
     dims = (((1,), (1,)), ((), ()))
-    if batch * length <= SMALL_ROWS and jax.default_backend() == "cpu":
+    if _few_rows_transposed(batch * length, rows.dtype):
         out_t = lax.dot_general(weight, rows, dims, preferred_element_type=cols.dtype)
         out = lax.optimization_barrier(out_t).T
     else:
@@ -172,8 +178,10 @@ def cast_conv_kernels(params, dtype=jnp.bfloat16):
     """The parameter tree with every temporal-conv kernel (3-D "kernel") stored as `dtype`.
 
     Done once, outside the sampler: with bfloat16 kernels and float32 activations the UNet's
-    matmuls read half the bytes (batch-1 sampling is bound by reading the weights) and
-    accumulate in float32; everything else stays float32.
+    matmuls read half the bytes and accumulate in float32; everything else stays float32.
+    It halves the weights' memory. On XLA:CPU it is not faster: bfloat16 matmuls miss the
+    few-rows path of `_matmul_nt`, and batch-1 UNet calls run ~1.8x slower than float32
+    (benchmarks/sampling.py --dtypes float32 bf16-weights).
     """
 
     def cast(path, a):
