@@ -10,6 +10,7 @@ machine's run in a child process with XLA_FLAGS=--xla_force_host_platform_device
     python benchmarks/training.py                 # batch 64, 1 device, ~2 minutes here
     python benchmarks/training.py --full --json training.json   # batch 64 and 256, 1 and 8 devices
     python benchmarks/training.py --denoisers unet1d --clips dpjax optax   # dpjax's clip vs optax's
+    python benchmarks/training.py --denoisers unet1d --clips dpjax optax --update-only
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ COLUMNS = [
 # Global-norm gradient clipping: dpjax's multiply (what `dpjax train` runs) and optax's select,
 # the same maths; `--clips dpjax optax` times the whole train step with each.
 CLIPS = ("dpjax", "optax")
+
+UPDATE_COLUMNS = [("denoiser", "s"), ("clip", "s"), ("update_ms|ms", ".1f"),
+                  ("min_update_ms|min ms", ".1f")]  # fmt: skip
 
 
 def pusht_episodes(num_episodes: int = 64, length: int = 40, seed: int = 0):
@@ -136,6 +140,38 @@ def bench(denoiser: str, batch_size: int, devices: int, seconds: float, clip: st
     }
 
 
+def bench_update(denoiser: str, clip: str, seconds: float) -> dict:
+    """The train step's update alone (clip, AdamW, EMA over the denoiser's parameters), donated
+    like the step's state; the gradients are fixed arrays passed in, as the step's are."""
+    import jax
+    import optax
+
+    from dpjax import train as train_lib
+
+    optim = train_lib.OptimConfig()
+    clip_fn = optax.clip_by_global_norm if clip == "optax" else train_lib.clip_by_global_norm
+    tx = train_lib.make_optimizer(optim, 10_000, clip=clip_fn)
+    params = _common.make_pusht_policy(denoiser).init(jax.random.key(0))
+    grads = jax.tree.map(lambda p: 0.01 * p + 1.0, params)  # norm far above max_grad_norm
+
+    def update(params, ema, opt_state, grads):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, train_lib.ema_update(ema, params, 0.999), opt_state
+
+    update = jax.jit(update, donate_argnums=(0, 1, 2))
+    holder = {"state": update(params, jax.tree.map(jax.numpy.copy, params), tx.init(params), grads)}
+    jax.block_until_ready(holder["state"])
+
+    def one():
+        holder["state"] = update(*holder["state"], grads)
+        jax.block_until_ready(holder["state"])
+
+    timing = _common.time_call(one, min_seconds=seconds, min_repeats=3)
+    return {"denoiser": denoiser, "clip": clip, "update_ms": 1e3 * timing["median_s"],
+            "min_update_ms": 1e3 * timing["min_s"]}  # fmt: skip
+
+
 def _run_child(args, devices: int) -> list[dict]:
     """The cases on `devices` simulated devices, in a fresh process (XLA_FLAGS is read once)."""
     env = dict(os.environ)
@@ -165,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", nargs="+", default=["dpjax"], choices=list(CLIPS),
                         help="gradient clipping: dpjax's (default) and/or optax's")  # fmt: skip
     parser.add_argument("--full", action="store_true", help="batch 64 and 256, 1 and 8 devices")
+    parser.add_argument("--update-only", action="store_true",
+                        help="time only the update after the gradients (clip, AdamW, EMA)")  # fmt: skip
     parser.add_argument("--json", help="also write the rows as JSON here")
     args = parser.parse_args(argv)
     if args.full:
@@ -172,6 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     import jax
 
     info = _common.machine()
+    if args.update_only:
+        rows = [bench_update(name, clip, args.seconds)
+                for name in args.denoisers for clip in args.clips]  # fmt: skip
+        print(_common.header("train step update alone: clip + AdamW + EMA", info))
+        print(_common.markdown_table(UPDATE_COLUMNS, rows))
+        _common.write_json(args.json, "training", args, rows)
+        return 0
     rows = []
     for devices in args.devices:
         if devices > jax.device_count():

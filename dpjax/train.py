@@ -67,9 +67,10 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
     """`optax.clip_by_global_norm` written as one multiply: g * min(1, max_norm / ||g||).
 
     Same maths and state (none) as optax's, which picks between g and g / ||g|| * max_norm
-    with a scalar-predicate select: on XLA:CPU that select doubled the whole optimizer update
-    of the 63.5M-parameter UNet (clip + AdamW + EMA ~0.2 s vs ~0.1 s a step; see
-    benchmarks/optimizer_step.py). Below the limit the scale is exactly 1, so gradients pass
+    with a scalar-predicate select: on XLA:CPU that select makes the update after the
+    gradients (clip, AdamW, EMA) of the 63.5M-parameter UNet ~2x slower (`python
+    benchmarks/training.py --denoisers unet1d --clips dpjax optax --update-only`).
+    Below the limit the scale is exactly 1, so gradients pass
     unchanged; a NaN norm propagates as in optax.
     """
     if not max_norm > 0:

@@ -65,6 +65,14 @@ def test_training(tmp_path, capsys):
     assert "| mlp |" in table and "samples/s" in table and "| optax |" in table
 
 
+def test_training_update_only(tmp_path, capsys):
+    argv = ["--denoisers", "mlp", "--seconds", "0", "--clips", "dpjax", "optax", "--update-only"]
+    payload, table = run("training", argv, tmp_path, capsys)
+    assert [r["clip"] for r in payload["rows"]] == ["dpjax", "optax"]
+    assert all(0 < r["min_update_ms"] <= r["update_ms"] for r in payload["rows"])
+    assert "clip + AdamW + EMA" in table
+
+
 def test_matmul_table_times_each_form_and_names_the_one_dpjax_uses():
     module = load("nets_primitives")
     rows = list(module.matmul_rows(0.0, weights=[(64, 32)], row_counts=[4, 200]))
