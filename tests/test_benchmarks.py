@@ -88,9 +88,22 @@ def test_roofline(tmp_path, capsys):
     payload, table = run("roofline", argv, tmp_path, capsys)
     assert payload["peaks"]["peak_gflops_float32"] > 0 and payload["peaks"]["bandwidth_gbs"] > 0
     (row,) = payload["rows"]
-    assert row["gflop"] > 0 and row["weight_mb"] > 0 and row["of_limit"] > 0
-    assert row["bound"] in ("weights", "FLOPs")
+    assert row["gflop"] > 0 and row["weight_mb"] > 0
+    assert row["bound"] in ("weights", "FLOPs", "weights (in cache)")
+    assert (row["of_limit"] is None) == (row["bound"] == "weights (in cache)")
     assert "GFLOP/s" in table
+
+
+def test_roofline_leaves_cached_weights_without_a_dram_limit():
+    module = load("roofline")
+    peaks = {"peak_gflops_float32": 100.0, "bandwidth_gbs": 10.0, "cache_bytes": 32 << 20}
+    args = ("sample", "x", 1, 1e6, 0.0)  # 1 MFLOP: 10 us of arithmetic
+    big = module._row(*args, 100e6, 0.02, peaks, bound_by_memory=True)  # 10 ms to read
+    assert big["bound"] == "weights" and big["of_limit"] == pytest.approx(0.5)
+    small = module._row(*args, 2e6, 0.0001, peaks, bound_by_memory=True)
+    assert small["bound"] == "weights (in cache)" and small["of_limit"] is None
+    unknown = module._row(*args, 2e6, 0.0004, {**peaks, "cache_bytes": None}, True)
+    assert unknown["bound"] == "weights" and unknown["of_limit"] == pytest.approx(0.5)
 
 
 def test_vs_lerobot_without_lerobot_says_how_to_install(monkeypatch, capsys):
