@@ -176,6 +176,35 @@ def publish(
     return written
 
 
+def publish_study(
+    name: str,
+    *,
+    quick: bool,
+    script,
+    argv: Sequence[str],
+    wall_seconds: float,
+    budget_cuts: Sequence[str],
+    intro: str,
+    body: str,
+    data: dict[str, Any],
+    plot=None,
+    footer: str = "",
+    results_dir=RESULTS_DIR,
+) -> list[Path]:
+    """A study's results page: "# NAME (size)", `intro`, the provenance, the `body` table and an
+    optional `footer`, written with the JSON (provenance then `data`) as NAME[_quick].md/.json
+    (and .png via `plot`) by `publish`; returns the paths."""
+    size = "quick" if quick else "full"
+    record = provenance(
+        script=script, argv=argv, size=size, wall_seconds=wall_seconds, budget_cuts=budget_cuts
+    )
+    markdown = f"# {name} ({size})\n\n{intro}\n\n{provenance_markdown(record)}\n{body}\n"
+    if footer:
+        markdown += f"\n{footer}\n"
+    stem = name + ("_quick" if quick else "")
+    return publish(stem, markdown, {**record, **data}, body, plot, results_dir)
+
+
 def save_figure(fig, path: Path) -> Path:
     """Lays out, writes (100 dpi) and closes a matplotlib figure; returns the path."""
     import matplotlib.pyplot as plt

@@ -179,24 +179,23 @@ def main(argv=None) -> int:
     if size_name == "quick":
         cuts.append(f"1 training seed, {size['train_steps']} steps at batch "
                     f"{size['batch_size']}, {n} evaluation episodes per cell")  # fmt: skip
-    record = common.provenance(
-        script=__file__, argv=argv, size=size_name, wall_seconds=log.elapsed, budget_cuts=cuts
-    )
-    name = "conditioning" + ("_quick" if args.quick else "")
-    markdown = (
-        f"# conditioning ({size_name})\n\n"
+    intro = (
         "Diffusion policies on the multimodal cup task (the `dpjax demo` recipe; DDIM 10 steps "
         "at evaluation). Held-out starts: the gripper begins at x in [-0.45, -0.35] instead of "
         "the demonstrations' [-0.7, -0.5]. Goal-conditioned task: each episode commands a side "
         "(drawn 0.45 / 0.40 / 0.15) and only a grasp from that side succeeds; a policy that "
-        "ignores the goal can at best guess it. Cells: success (95% CI, or per seed).\n\n"
-        f"{common.provenance_markdown(record)}\n{body}\n\n"
-        "The seed's claim, for comparison (not measured here): cross-attention gives a 5-10% "
-        "improvement on novel objects over concatenation.\n"
+        "ignores the goal can at best guess it. Cells: success (95% CI, or per seed)."
     )
-    data = {**record, "observation_conditioning": study1, "goal_conditioning": study2}
-    common.publish(name, markdown, data, body, lambda path: plot(study1, study2, path),
-                   args.results)  # fmt: skip
+    footer = (
+        "The seed's claim, for comparison (not measured here): cross-attention gives a 5-10% "
+        "improvement on novel objects over concatenation."
+    )
+    common.publish_study(
+        "conditioning", quick=args.quick, script=__file__, argv=argv, wall_seconds=log.elapsed,
+        budget_cuts=cuts, intro=intro, body=body, footer=footer,
+        data={"observation_conditioning": study1, "goal_conditioning": study2},
+        plot=lambda path: plot(study1, study2, path), results_dir=args.results,
+    )  # fmt: skip
     return 0
 
 

@@ -197,23 +197,22 @@ def main(argv=None) -> int:
         T = 100 if "T1000" not in run_dir.name else 1000
         steps = s["steps"] + ((1000,) if T == 1000 else ())
         rows += evaluate_grid(run_dir, s["samplers"], steps, eval_episodes, log)
-    record = common.provenance(
-        script=__file__, argv=argv, size=size, wall_seconds=log.elapsed, budget_cuts=cuts
-    )
-    name = "steps_vs_latency" + ("_quick" if args.quick else "")
-    body = table(rows)
-    markdown = (
-        f"# steps_vs_latency ({size})\n\n"
+    intro = (
         "Closed loop on the multimodal cup task (receding horizon, held-out seeds), each "
         "sampler and step count chosen at evaluation of one trained diffusion policy per "
         "schedule. Latency: median (p95) of one batch-1 observation -> action-chunk call "
-        "after compilation.\n\n" + "".join(f"- Policy: {describe_run(r)}\n" for r in runs) + "\n"
-        f"{common.provenance_markdown(record)}\n{body}\n\n"
-        "The seed's table, for comparison (the seed's numbers, not measured here):\n\n"
-        f"{seed_table()}\n"
+        "after compilation.\n\n" + "\n".join(f"- Policy: {describe_run(r)}" for r in runs)
     )
-    data = {**record, "rows": rows}
-    common.publish(name, markdown, data, body, lambda path: plot(rows, path), args.results)
+    footer = (
+        "The seed's table, for comparison (the seed's numbers, not measured here):\n\n"
+        f"{seed_table()}"
+    )
+    common.publish_study(
+        "steps_vs_latency", quick=args.quick, script=__file__, argv=argv,
+        wall_seconds=log.elapsed, budget_cuts=cuts, intro=intro, body=table(rows),
+        footer=footer, data={"rows": rows}, plot=lambda path: plot(rows, path),
+        results_dir=args.results,
+    )  # fmt: skip
     return 0
 
 

@@ -160,22 +160,18 @@ def main(argv=None) -> int:
     if size_name == "quick":
         cuts.append(f"1 training seed, {size['train_steps']} steps, "
                     f"{size['eval_episodes']} evaluation episodes per point")  # fmt: skip
-    record = common.provenance(
-        script=__file__, argv=argv, size=size_name, wall_seconds=log.elapsed, budget_cuts=cuts
-    )
-    name = "timestep_sampling" + ("_quick" if args.quick else "")
-    body = table(curves)
-    markdown = (
-        f"# timestep_sampling ({size_name})\n\n"
+    intro = (
         "Diffusion policies on the multimodal cup task that differ only in the training "
         "objective. Cells: validation loss of the standard objective (uniform timesteps, "
         "unweighted; one yardstick for the epsilon rows, while the x0 row's loss is in x0 units) / "
         "closed-loop success on held-out "
-        f"seeds ({EVAL_SAMPLER['sampler']}, {EVAL_SAMPLER['num_inference_steps']} steps).\n\n"
-        f"{common.provenance_markdown(record)}\n{body}\n"
+        f"seeds ({EVAL_SAMPLER['sampler']}, {EVAL_SAMPLER['num_inference_steps']} steps)."
     )
-    data = {**record, "curves": curves}
-    common.publish(name, markdown, data, body, lambda path: plot(curves, path), args.results)
+    common.publish_study(
+        "timestep_sampling", quick=args.quick, script=__file__, argv=argv,
+        wall_seconds=log.elapsed, budget_cuts=cuts, intro=intro, body=table(curves),
+        data={"curves": curves}, plot=lambda path: plot(curves, path), results_dir=args.results,
+    )  # fmt: skip
     return 0
 
 
