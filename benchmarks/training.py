@@ -45,6 +45,17 @@ COLUMNS = [
 # the same maths; `--clips dpjax optax` times the whole train step with each.
 CLIPS = ("dpjax", "optax")
 
+
+def make_optimizer(optim, clip: str):
+    """`dpjax.train.make_optimizer` (10,000-step schedule) with dpjax's or optax's clipping."""
+    import optax
+
+    from dpjax import train as train_lib
+
+    clip_fn = optax.clip_by_global_norm if clip == "optax" else train_lib.clip_by_global_norm
+    return train_lib.make_optimizer(optim, 10_000, clip=clip_fn)
+
+
 UPDATE_COLUMNS = [("denoiser", "s"), ("clip", "s"), ("update_ms|ms", ".1f"),
                   ("min_update_ms|min ms", ".1f")]  # fmt: skip
 
@@ -80,7 +91,6 @@ def make_step(
     `clip`: "dpjax" (dpjax.train.clip_by_global_norm, what `dpjax train` runs) or "optax"
     (optax.clip_by_global_norm: same maths, the comparison for CLIPS)."""
     import jax
-    import optax
 
     from dpjax import train as train_lib
     from dpjax.data import make_window_data
@@ -89,8 +99,7 @@ def make_step(
     c = policy.config
     mesh = train_lib.make_mesh(devices)
     optim = train_lib.OptimConfig()
-    clip_fn = optax.clip_by_global_norm if clip == "optax" else train_lib.clip_by_global_norm
-    tx = train_lib.make_optimizer(optim, 10_000, clip=clip_fn)
+    tx = make_optimizer(optim, clip)
     params = policy.init(jax.random.key(0))
     state = train_lib.put_replicated(
         train_lib.init_train_state(params, tx, jax.random.key(1)), mesh
@@ -149,8 +158,7 @@ def bench_update(denoiser: str, clip: str, seconds: float) -> dict:
     from dpjax import train as train_lib
 
     optim = train_lib.OptimConfig()
-    clip_fn = optax.clip_by_global_norm if clip == "optax" else train_lib.clip_by_global_norm
-    tx = train_lib.make_optimizer(optim, 10_000, clip=clip_fn)
+    tx = make_optimizer(optim, clip)
     params = _common.make_pusht_policy(denoiser).init(jax.random.key(0))
     grads = jax.tree.map(lambda p: 0.01 * p + 1.0, params)  # norm far above max_grad_norm
 
