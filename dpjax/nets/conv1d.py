@@ -65,8 +65,8 @@ def _matmul_nt(cols: jnp.ndarray, weight: jnp.ndarray) -> jnp.ndarray:
     A weight of another dtype (bfloat16 weights with float32 activations) sets the dtype of
     the matmul's inputs; the result is accumulated and returned in the activations' dtype.
     On CPU, few float32 rows (<= SMALL_ROWS) are computed as (Co, K) x (rows, K)^T -> (Co, rows), then
-    transposed: XLA:CPU then streams the weight once instead of packing it (the matmul runs
-    1.5-2x faster at 4-16 rows, where batch-1 sampling is bound by reading the weights). The
+    transposed: XLA:CPU then streams the weight once (the matmul ran 1.2-2.7x faster at 4-8
+    rows, where batch-1 sampling is bound by reading the weights). The
     optimization barrier keeps XLA from folding the (tiny) transpose back into the matmul.
     """
     batch, length, _ = cols.shape
@@ -180,7 +180,7 @@ def cast_conv_kernels(params, dtype=jnp.bfloat16):
     Done once, outside the sampler: with bfloat16 kernels and float32 activations the UNet's
     matmuls read half the bytes and accumulate in float32; everything else stays float32.
     It halves the weights' memory. On XLA:CPU it is not faster: bfloat16 matmuls miss the
-    few-rows path of `_matmul_nt`, and batch-1 UNet calls run ~1.8x slower than float32
+    few-rows path of `_matmul_nt`, and batch-1 UNet calls ran 1.1-1.8x slower than float32
     (benchmarks/sampling.py --dtypes float32 bf16-weights).
     """
 
