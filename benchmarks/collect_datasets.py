@@ -116,7 +116,7 @@ def row(r: dict) -> str:
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default=DEFAULT_TASKS, help="comma-separated labels/names")
     parser.add_argument("--episodes", type=int, default=100, help="episodes per task")
@@ -125,7 +125,7 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", default=None, help="where datasets go (default: a temp dir)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     out_dir = Path(args.out_dir or tempfile.mkdtemp(prefix="dpjax-datasets-"))
     print(f"machine: {machine_line()}")

@@ -51,13 +51,13 @@ def measure(task_name: str, episodes: int, seed: int, action_noise: float) -> di
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default=DEFAULT_TASKS, help="comma-separated task names")
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--action-noise", type=float, default=0.0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     print(
         f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cpus; "

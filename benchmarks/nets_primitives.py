@@ -135,13 +135,13 @@ def print_matmul_table(budget: float) -> None:
         print(f"| {k} x {co} | {m} | {cells} | {used} | {gbs:.1f} | {gflops:.0f} |", flush=True)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--budget", type=float, default=1.0, help="seconds per measurement")
     parser.add_argument("--unet", action="store_true", help="also time whole UNet calls")
     parser.add_argument("--matmul", action="store_true", help="only the matmul table")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     cpu = platform.processor() or platform.machine()
     print(f"# jax {jax.__version__}, {jax.devices()[0].device_kind}, {cpu}, {os.cpu_count()} cores")
     if args.matmul:

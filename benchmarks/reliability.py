@@ -45,11 +45,11 @@ def yes_no(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=3, help="kill -9 count (default 3)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the kill moments")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     t0 = time.perf_counter()
     passed, failed, inputs_note = bad_inputs()

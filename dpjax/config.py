@@ -32,7 +32,12 @@ def config_names() -> list[str]:
 
 
 def load_config_file(path_or_name: str) -> Any:
-    """`CONFIG` from a .py file, or from experiments/<name>.py."""
+    """`CONFIG` from a .py file, or from experiments/<name>.py; "NAME:ATTR" takes the file's
+    `ATTR` instead (e.g. "pusht_keypoints:PAPER", the paper-size recipe)."""
+    attribute = "CONFIG"
+    head, sep, tail = path_or_name.rpartition(":")
+    if sep and tail.isidentifier() and head:
+        path_or_name, attribute = head, tail
     path = Path(path_or_name)
     if not path.suffix and not path.exists():
         path = EXPERIMENTS_DIR / f"{path_or_name}.py"
@@ -46,9 +51,14 @@ def load_config_file(path_or_name: str) -> Any:
         spec.loader.exec_module(module)
     except Exception as e:  # a config file is user code: report, don't traceback
         raise ConfigError(f"{path}: failed to load: {type(e).__name__}: {e}") from e
-    if not dataclasses.is_dataclass(getattr(module, "CONFIG", None)):
-        raise ConfigError(f"{path} does not define CONFIG = <a config dataclass>")
-    return module.CONFIG
+    if not dataclasses.is_dataclass(getattr(module, attribute, None)):
+        others = [k for k, v in vars(module).items() if k.isupper() and dataclasses.is_dataclass(v)
+                  and not isinstance(v, type)]  # fmt: skip
+        raise ConfigError(
+            f"{path} does not define {attribute} = <a config dataclass>"
+            + (f"; it defines {', '.join(others)}" if others else "")
+        )
+    return getattr(module, attribute)
 
 
 def _resolved_hints(cls) -> dict[str, Any]:

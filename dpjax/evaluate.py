@@ -148,18 +148,22 @@ def rollout_multimodal(
     return jax.device_get(run(params, seeds, jax.random.key(seed)))
 
 
-def summarize_multimodal(rollouts: dict[str, np.ndarray], action_horizon: int) -> dict[str, Any]:
-    from dpjax.envs.multimodal import MODE_PROBS, MODES
+def summarize_multimodal(
+    rollouts: dict[str, np.ndarray], action_horizon: int, expert_mode_frequencies=None
+) -> dict[str, Any]:
+    """Success, collisions, modes, smoothness of multimodal rollouts. `expert_mode_frequencies`
+    ({mode: fraction}) is what the policy's modes are compared with: measure it from the
+    demonstrations (`mode_frequencies` of their episode modes); default: the task's
+    configured probabilities. "mode_frequency_error" is the largest |policy - expert|."""
+    from dpjax.envs.multimodal import MODE_PROBS, MODES, mode_frequencies
 
     n = len(rollouts["success"])
     successes = int(np.sum(rollouts["success"]))
     modes = np.asarray(rollouts["mode"])
-    with_mode = modes[modes >= 0]
-
-    def frequencies(of: np.ndarray) -> dict[str, float]:
-        return {name: float(np.mean(of == k)) if len(of) else 0.0 for k, name in enumerate(MODES)}
 
     success_modes = modes[np.asarray(rollouts["success"], bool)]
+    expert = dict(expert_mode_frequencies or zip(MODES, MODE_PROBS, strict=True))
+    policy_modes = mode_frequencies(modes)
     boundary, inside = chunk_boundary_jumps(rollouts["actions"], rollouts["length"], action_horizon)
     goals = np.asarray(rollouts.get("goal", np.full(n, -1)))
     commanded = goals >= 0
@@ -174,15 +178,24 @@ def summarize_multimodal(rollouts: dict[str, np.ndarray], action_horizon: int) -
         "success_rate": successes / n,
         "success_ci95": wilson_interval(successes, n),
         "collision_rate": float(np.mean(rollouts["collision"])),
-        "mode_frequencies": frequencies(with_mode),
-        "success_mode_frequencies": frequencies(success_modes),
+        "mode_frequencies": policy_modes,
+        "success_mode_frequencies": mode_frequencies(success_modes),
         "no_mode_fraction": float(np.mean(modes < 0)),
-        "expert_mode_frequencies": dict(zip(MODES, MODE_PROBS, strict=True)),
+        "expert_mode_frequencies": expert,
+        "mode_frequency_error": max(abs(policy_modes[m] - expert[m]) for m in MODES),
         "mean_squared_jerk": mean_squared_jerk(rollouts["actions"], rollouts["length"]),
         "chunk_jump": boundary,
         "within_chunk_step": inside,
         "mean_episode_length": float(np.mean(rollouts["length"])),
     }
+
+
+def demonstration_mode_frequencies(episodes) -> dict[str, float]:
+    """The expert's mode frequencies measured on demonstrations (episodes of a multimodal
+    dataset, each with `episode_metadata["mode"]`): what a policy's modes should match."""
+    from dpjax.envs.multimodal import mode_frequencies
+
+    return mode_frequencies(int(e["episode_metadata"].get("mode", -1)) for e in episodes)
 
 
 def evaluate_multimodal(
@@ -193,15 +206,21 @@ def evaluate_multimodal(
     seed: int = 100_000,
     latency: bool = True,
     env_config=None,
+    expert_mode_frequencies=None,
     **options,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(metrics, rollouts) of `policy` on the multimodal task; sampler options pass through.
     With a goal-conditioned `env_config`, "goal_side_rate" is how often the approach was
-    from the commanded side."""
+    from the commanded side. `expert_mode_frequencies`: see `summarize_multimodal` (default:
+    `env_config`'s mode probabilities)."""
+    from dpjax.envs.multimodal import DEFAULT_CONFIG, MODES
+
     rollouts = rollout_multimodal(
         policy, params, num_episodes=num_episodes, seed=seed, env_config=env_config, **options
     )
-    metrics = summarize_multimodal(rollouts, policy.config.action_horizon)
+    probs = np.asarray((env_config or DEFAULT_CONFIG).mode_probs, np.float64)
+    expert = expert_mode_frequencies or dict(zip(MODES, probs / probs.sum(), strict=True))
+    metrics = summarize_multimodal(rollouts, policy.config.action_horizon, expert)
     metrics["denoiser_evaluations"] = policy.num_denoiser_evaluations(
         options.get("sampler"), options.get("num_inference_steps")
     )
@@ -283,8 +302,8 @@ def rollout_gym(
     c = policy.config
     keys = [*c.low_dim_keys, *c.image_keys]
     chunk_fn = policy.inference_fn(**options) if act_fn is None else None
-    out: dict[str, list] = {"success": [], "length": [], "actions": [], "max_coverage": [],
-                            "final_coverage": []}  # fmt: skip
+    out: dict[str, list] = {"seed": [], "success": [], "length": [], "actions": [],
+                            "max_coverage": [], "final_coverage": []}  # fmt: skip
     key = jax.random.key(seed)
     frame_every = max(task.max_episode_steps // max(frames, 1), 1)
     out["frames"] = []
@@ -337,6 +356,7 @@ def rollout_gym(
         finally:
             for env in envs:
                 env.close()
+        out["seed"] += seeds
         out["success"] += success.tolist()
         out["length"] += length.tolist()
         out["actions"] += [np.asarray(a) for a in actions]
@@ -369,7 +389,20 @@ def plot_frames(frames: list[tuple[int, np.ndarray]], path, title: str = "", max
     return path
 
 
+def max_reward(max_coverage, success_coverage: float = 0.95) -> np.ndarray:
+    """Diffusion Policy's PushT score of episodes: clip(max coverage / 0.95, 0, 1) each.
+
+    `mean_max_reward` is its mean over episodes (the paper's metric; gym-pusht's own reward
+    is the same function of coverage). A NaN coverage (no step taken) scores 0.
+    """
+    coverage = np.nan_to_num(np.asarray(max_coverage, np.float64), nan=0.0)
+    return np.clip(coverage / success_coverage, 0.0, 1.0)
+
+
 def summarize_gym(rollouts: dict[str, Any], action_horizon: int) -> dict[str, Any]:
+    """Success (95% CI), smoothness, lengths and, where the env reports coverage (PushT),
+    mean max / final coverage and `mean_max_reward`. "per_episode" keeps each episode's
+    seed, success, length (and coverage and max reward), so results can be re-aggregated."""
     n = len(rollouts["success"])
     successes = int(np.sum(rollouts["success"]))
     horizon = max(len(a) for a in rollouts["actions"])
@@ -388,7 +421,72 @@ def summarize_gym(rollouts: dict[str, Any], action_horizon: int) -> dict[str, An
         "within_chunk_step": inside,
         "mean_episode_length": float(np.mean(lengths)),
     }
+    per_episode = {
+        "seed": [int(s) for s in rollouts.get("seed", range(n))],
+        "success": [bool(s) for s in rollouts["success"]],
+        "length": [int(x) for x in lengths],
+    }
     if not all(math.isnan(v) for v in rollouts["max_coverage"]):
+        from dpjax.envs.pusht import SUCCESS_COVERAGE
+
+        rewards = max_reward(rollouts["max_coverage"], SUCCESS_COVERAGE)
+        metrics["mean_max_reward"] = float(np.mean(rewards))
         metrics["max_coverage"] = float(np.nanmean(rollouts["max_coverage"]))
         metrics["final_coverage"] = float(np.nanmean(rollouts["final_coverage"]))
+        per_episode["max_coverage"] = [float(c) for c in rollouts["max_coverage"]]
+        per_episode["max_reward"] = [float(r) for r in rewards]
+    metrics["per_episode"] = per_episode
     return metrics
+
+
+# ----------------------------------------------------------------- any task
+
+
+def evaluate_on_task(
+    policy,
+    params,
+    task_name: str,
+    task_options: dict | None = None,
+    *,
+    num_episodes: int,
+    seed: int,
+    latency: bool = True,
+    frames: int = 0,
+    progress: bool = False,
+    expert_mode_frequencies=None,
+    **options,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metrics, rollouts) of `policy` on task `task_name` (as `dpjax collect` names it, with
+    its options): one compiled program on the multimodal task, `rollout_gym` with every
+    episode of a batch of up to 50 stepped together elsewhere. Sampler options pass through.
+    "score" is the task's headline number: `mean_max_reward` on PushT, else success."""
+    task_options = dict(task_options or {})
+    if task_name == "multimodal":
+        from dpjax.envs.multimodal import config_from_options
+
+        metrics, rollouts = evaluate_multimodal(
+            policy, params, num_episodes=num_episodes, seed=seed, latency=latency,
+            env_config=config_from_options(**task_options),
+            expert_mode_frequencies=expert_mode_frequencies, **options,
+        )  # fmt: skip
+    else:
+        from tqdm import tqdm
+
+        from dpjax.envs import make_task
+
+        task = make_task(task_name, **task_options)
+        num_envs = min(num_episodes, 50)  # Diffusion Policy's 50 PushT episodes: 38 calls
+        with tqdm(total=num_episodes * task.max_episode_steps, desc="eval", unit="step",
+                  disable=not progress, dynamic_ncols=True) as bar:  # fmt: skip
+            rollouts = rollout_gym(
+                task, policy, params, num_episodes=num_episodes, seed=seed, num_envs=num_envs,
+                progress=lambda: bar.update(num_envs), frames=frames, **options,
+            )  # fmt: skip
+        metrics = summarize_gym(rollouts, policy.config.action_horizon)
+        metrics["denoiser_evaluations"] = policy.num_denoiser_evaluations(
+            options.get("sampler"), options.get("num_inference_steps")
+        )
+        if latency:
+            metrics.update(measure_chunk_latency(policy, params, **options))
+    metrics["score"] = metrics.get("mean_max_reward", metrics["success_rate"])
+    return metrics, rollouts

@@ -49,6 +49,9 @@ class PolicyConfig:
     image_encoder: str = "resnet18"
     crop_hw: tuple[int, int] | None = None
     low_dim_features: int | None = 64
+    # Training-time augmentation: Gaussian noise of this std added to every normalized
+    # ([-1, 1]) low-dim observation, against overfitting a few hundred demonstrations.
+    obs_noise_std: float = 0.0
     # Denoiser: "mlp" | "unet1d" | "transformer", and the sizes each one reads.
     denoiser: str = "unet1d"
     down_dims: tuple[int, ...] = (256, 512, 1024)
@@ -90,6 +93,8 @@ class PolicyConfig:
             )
         if not self.low_dim_keys and not self.image_keys:
             raise ConfigError("a policy needs at least one observation key")
+        if not self.obs_noise_std >= 0:
+            raise ConfigError(f"obs_noise_std must be >= 0, got {self.obs_noise_std}")
         if self.kind == "diffusion" and self.denoiser not in DENOISERS:
             raise unknown_name("denoiser", self.denoiser, DENOISERS)
         if self.kind == "diffusion":
@@ -316,14 +321,28 @@ class Policy:
         return int(batch)
 
     def _encode(self, params, observation, train: bool, key=None):
-        rngs = {"augment": key} if train and key is not None else None
-        return self.network.apply(
-            params,
-            self.normalizer.normalize_observation(observation),
-            train,
-            method=PolicyNetwork.encode,
-            rngs=rngs,
-        )
+        normalized = self.normalizer.normalize_observation(observation)
+        rngs = None
+        if train and key is not None:
+            if self.config.obs_noise_std > 0:  # else the crop key stays as it always was
+                key, key_noise = jax.random.split(key)
+                normalized = self._add_observation_noise(normalized, key_noise)
+            rngs = {"augment": key}
+        return self.network.apply(params, normalized, train, method=PolicyNetwork.encode,
+                                  rngs=rngs)  # fmt: skip
+
+    def _add_observation_noise(self, normalized: dict, key: jax.Array) -> dict:
+        """Adds N(0, obs_noise_std^2) to the normalized low-dim keys (not images, not
+        pass-through keys such as language embeddings)."""
+        std = self.config.obs_noise_std
+        noisy = [k for k in self.config.low_dim_keys if self.normalizer.has(f"observation/{k}")]
+        if not noisy:
+            return normalized
+        keys = dict(zip(noisy, jax.random.split(key, len(noisy)), strict=True))
+        return {
+            k: v + std * jax.random.normal(keys[k], v.shape, v.dtype) if k in keys else v
+            for k, v in normalized.items()
+        }
 
     def _executed(self, chunk: jnp.ndarray) -> jnp.ndarray:
         start = self.config.obs_horizon - 1

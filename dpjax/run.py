@@ -57,6 +57,13 @@ class TrainConfig:
     val_batches: int = 4
     num_devices: int | None = None
     max_episodes: int | None = None
+    # Closed-loop rollouts of the EMA policy during training (0: never): every N steps (a
+    # checkpoint is saved there too), `rollout_episodes` episodes on the dataset's task from
+    # seed `rollout_seed`, apart from `dpjax eval`'s 100000.. so that choosing a checkpoint
+    # by them (`dpjax eval --best-rollout`) does not pick on the test episodes.
+    rollout_every: int = 0
+    rollout_episodes: int = 50
+    rollout_seed: int = 200_000
 
 
 def split_episodes(num_episodes: int, val_fraction: float, seed: int):
@@ -118,7 +125,8 @@ def policy_metadata(config: TrainConfig, normalizer: Normalizer, spec) -> dict[s
 
 
 def load_policy(run_dir: str | Path, *, best: bool = False, step: int | None = None):
-    """(policy, EMA params, metadata) of a run's latest (or best, or given) checkpoint."""
+    """(policy, EMA params, metadata) of a run's latest (or best, or given) checkpoint;
+    metadata["step"] is the checkpoint's training step."""
     run_dir = Path(run_dir)
     with Checkpointer(run_dir) as ckpt:
         metadata = ckpt.restore_metadata(step, best=best)
@@ -131,7 +139,7 @@ def load_policy(run_dir: str | Path, *, best: bool = False, step: int | None = N
         policy = policy_lib.make_policy(config.policy, normalizer, spec)
         abstract = abstract_train_state(policy, config)
         state, metadata = ckpt.restore(abstract, step, best=best)
-    return policy, state.ema_params, metadata
+    return policy, state.ema_params, {**metadata, "step": int(state.step)}
 
 
 def abstract_train_state(policy, config: TrainConfig):
@@ -166,6 +174,11 @@ def train(
     run_dir = Path(run_dir)
     if not config.dataset:
         raise ConfigError("config.dataset is empty: set it to a dataset directory")
+    if config.rollout_every < 0 or config.rollout_episodes < 1:
+        raise ConfigError(
+            f"rollout_every must be >= 0 and rollout_episodes >= 1, got {config.rollout_every} "
+            f"and {config.rollout_episodes}"
+        )
     prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
     train_lib.maybe_initialize_distributed()
     dataset = load_dataset(config.dataset)
@@ -231,7 +244,15 @@ def train(
                 step % config.eval_every == 0 or step == config.num_steps
             )
             stopping = step == stop_at_step
-            is_ckpt = step % config.checkpoint_every == 0 or step == config.num_steps or stopping
+            is_rollout = config.rollout_every > 0 and (
+                step % config.rollout_every == 0 or step == config.num_steps
+            )
+            is_ckpt = (
+                step % config.checkpoint_every == 0
+                or step == config.num_steps
+                or stopping
+                or is_rollout
+            )
             if not (is_log or is_eval or is_ckpt or stopping):
                 continue
             record = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -248,6 +269,9 @@ def train(
             val_loss = float(eval_fn(state.ema_params, val_data, val_key)) if is_eval else None
             if val_loss is not None:
                 record["val_loss"] = val_loss
+            if is_rollout:
+                record.update(rollout_metrics(policy, state.ema_params, config, dataset))
+                t_last = time.perf_counter()  # steps_per_sec counts training alone
             log.write(step, record)
             bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['learning_rate']:.1e}")
             if is_ckpt and checkpointer.latest_step() != step:
@@ -260,6 +284,20 @@ def train(
         log.close()
         checkpointer.close()
     return summary
+
+
+def rollout_metrics(policy, params, config: TrainConfig, dataset) -> dict[str, float]:
+    """{"rollout_score", "rollout_success"} of closed-loop episodes on the dataset's task with
+    the policy's default sampler (score: PushT's mean_max_reward, else success)."""
+    from dpjax import evaluate
+    from dpjax.data import collection_task
+
+    task_name, task_options = collection_task(dataset)
+    metrics, _ = evaluate.evaluate_on_task(
+        policy, params, task_name, task_options, num_episodes=config.rollout_episodes,
+        seed=config.rollout_seed, latency=False,
+    )  # fmt: skip
+    return {"rollout_score": metrics["score"], "rollout_success": metrics["success_rate"]}
 
 
 @jax.jit

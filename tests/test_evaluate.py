@@ -140,3 +140,36 @@ def test_gym_summary_of_hand_made_rollouts():
     no_coverage = {**rollouts, "max_coverage": [float("nan")] * 2,
                    "final_coverage": [float("nan")] * 2}  # fmt: skip
     assert "max_coverage" not in evaluate.summarize_gym(no_coverage, action_horizon=2)
+
+
+def test_pusht_mean_max_reward_of_hand_made_coverage_traces():
+    """Diffusion Policy's metric: per episode clip(max coverage / 0.95, 0, 1), then the mean.
+    The max (not the last) coverage counts, a success scores exactly 1, and the per-episode
+    values are kept for re-aggregation."""
+    traces = [
+        [0.10, 0.50, 0.97],  # success: max above 0.95 -> 1.0
+        [0.20, 0.76, 0.30],  # pushed in, then out again: max 0.76 -> 0.8
+        [0.0, 0.0, 0.0],  # never touched -> 0.0
+        [0.38, 0.57, 0.475],  # 0.57 / 0.95 = 0.6
+    ]
+    rollouts = {
+        "seed": [100_000, 100_001, 100_002, 100_003],
+        "success": [max(t) > 0.95 for t in traces],
+        "length": [3, 3, 3, 3],
+        "actions": [np.zeros((3, 2))] * 4,
+        "max_coverage": [max(t) for t in traces],
+        "final_coverage": [t[-1] for t in traces],
+    }
+    metrics = evaluate.summarize_gym(rollouts, action_horizon=2)
+    per_episode = metrics["per_episode"]
+    np.testing.assert_allclose(per_episode["max_reward"], [1.0, 0.8, 0.0, 0.6], atol=1e-12)
+    assert metrics["mean_max_reward"] == pytest.approx((1.0 + 0.8 + 0.0 + 0.6) / 4)
+    assert metrics["success_rate"] == 0.25
+    assert per_episode["seed"] == rollouts["seed"]
+    assert per_episode["success"] == [True, False, False, False]
+    # The last coverage would give another number: the metric must use the max.
+    assert metrics["mean_max_reward"] != pytest.approx(
+        np.mean(evaluate.max_reward(rollouts["final_coverage"]))
+    )
+    no_coverage = {**rollouts, "max_coverage": [float("nan")] * 4}
+    assert "mean_max_reward" not in evaluate.summarize_gym(no_coverage, action_horizon=2)

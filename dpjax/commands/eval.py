@@ -13,6 +13,13 @@ import json
 from pathlib import Path
 
 EVAL_SEED = 100_000  # far from the demonstration seeds 0, 1, 2, ...
+# Diffusion Policy's PushT protocol: 50 test episodes from seed 100000; elsewhere 100.
+EVAL_EPISODES = {"pusht": 50}
+DEFAULT_EVAL_EPISODES = 100
+
+
+def default_episodes(task_name: str) -> int:
+    return EVAL_EPISODES.get(task_name, DEFAULT_EVAL_EPISODES)
 
 
 def register(subparsers) -> None:
@@ -23,11 +30,23 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("run_dir", metavar="RUN_DIR")
-    parser.add_argument("--episodes", type=int, default=100)
+    parser.add_argument(
+        "--episodes",
+        type=int,
+        help="evaluation episodes (default: 50 on PushT, as Diffusion Policy evaluates, else 100)",
+    )
     parser.add_argument("--seed", type=int, default=EVAL_SEED, help="seed of the first episode")
     parser.add_argument("--sampler", help="sampler (default: the policy's)")
     parser.add_argument("--steps", type=int, help="denoising steps (default: the policy's)")
-    parser.add_argument("--best", action="store_true", help="use the best-validation checkpoint")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--best", action="store_true", help="use the best-validation checkpoint")
+    which.add_argument("--step", type=int, help="use the checkpoint of this training step")
+    which.add_argument(
+        "--best-rollout",
+        action="store_true",
+        help="use the kept checkpoint with the best in-training rollout score "
+        "(runs trained with rollout_every > 0; those rollouts use other seeds)",
+    )
     parser.add_argument("--task", help="task name (default: the dataset's)")
     parser.add_argument("--out", help="output directory (default: RUN_DIR/eval)")
     parser.set_defaults(func=run)
@@ -35,55 +54,51 @@ def register(subparsers) -> None:
 
 def dataset_task(dataset_path: str) -> tuple[str, dict]:
     """(task name, task options) recorded by `dpjax collect` in the dataset."""
-    from dpjax.data import load_dataset
+    from dpjax.data import collection_task, load_dataset
 
-    dataset = load_dataset(dataset_path)
-    info = (dataset.stats.info if dataset.stats else {}) or {}
-    collection = info.get("collection", {})
-    name = collection.get("task") or dataset[0]["episode_metadata"].get("task")
-    return str(name), dict(collection.get("task_options", {}))
+    return collection_task(load_dataset(dataset_path))
 
 
-def evaluate_run(run_dir, *, episodes, seed, sampler=None, steps=None, best=False, task=None):
-    """(metrics, rollouts, task name) for a run directory."""
+def evaluate_run(
+    run_dir,
+    *,
+    episodes=None,
+    seed=EVAL_SEED,
+    sampler=None,
+    steps=None,
+    best=False,
+    step=None,
+    task=None,
+    progress=True,
+):
+    """(metrics, rollouts, task name) for a run directory's last (`best`: best-validation;
+    `step`: that) checkpoint; `episodes` None: the task's default (`default_episodes`)."""
     from dpjax import evaluate
-    from dpjax.envs import make_task
     from dpjax.run import load_policy
 
-    policy, params, metadata = load_policy(run_dir, best=best)
+    policy, params, metadata = load_policy(run_dir, best=best, step=step)
+    dataset = metadata["config"]["dataset"]
     if task is None:
-        task_name, task_options = dataset_task(metadata["config"]["dataset"])
+        task_name, task_options = dataset_task(dataset)
     else:
         task_name, task_options = task, {}
-    options = {"sampler": sampler, "num_inference_steps": steps}
+    if episodes is None:
+        episodes = default_episodes(task_name)
+    expert = None
     if task_name == "multimodal":
-        from dpjax.envs.multimodal import config_from_options
+        from dpjax.data import load_dataset
 
-        metrics, rollouts = evaluate.evaluate_multimodal(
-            policy, params, num_episodes=episodes, seed=seed,
-            env_config=config_from_options(**task_options), **options,
-        )  # fmt: skip
-    else:
-        from tqdm import tqdm
-
-        env_task = make_task(task_name, **task_options)
-        with tqdm(total=episodes * env_task.max_episode_steps, desc="eval", unit="step") as bar:
-            rollouts = evaluate.rollout_gym(
-                env_task,
-                policy,
-                params,
-                num_episodes=episodes,
-                seed=seed,
-                progress=lambda: bar.update(10),
-                frames=6,
-                **options,
-            )
-        metrics = evaluate.summarize_gym(rollouts, policy.config.action_horizon)
-        metrics["denoiser_evaluations"] = policy.num_denoiser_evaluations(sampler, steps)
-        metrics.update(evaluate.measure_chunk_latency(policy, params, **options))
+        expert = evaluate.demonstration_mode_frequencies(load_dataset(dataset))
+    metrics, rollouts = evaluate.evaluate_on_task(
+        policy, params, task_name, task_options, num_episodes=episodes, seed=seed,
+        frames=6, progress=progress, expert_mode_frequencies=expert,
+        sampler=sampler, num_inference_steps=steps,
+    )  # fmt: skip
     c = policy.config
+    which = "best validation loss" if best else ("given" if step is not None else "last")
     metrics.update(
         task=task_name,
+        checkpoint=f"{which} (step {metadata['step']}), EMA parameters",
         kind=c.kind,
         sampler=(sampler or c.sampler) if c.kind == "diffusion" else None,
         num_inference_steps=(steps or c.num_inference_steps) if c.kind == "diffusion" else None,
@@ -92,11 +107,34 @@ def evaluate_run(run_dir, *, episodes, seed, sampler=None, steps=None, best=Fals
 
 
 def markdown(metrics: dict) -> str:
-    rows = [f"| {k} | {v} |" for k, v in metrics.items() if not isinstance(v, dict)]
+    """The metrics as a two-column table (per-episode values stay in the JSON)."""
+    rows = [f"| {k} | {_cell(v)} |" for k, v in metrics.items() if not isinstance(v, dict)]
     for k, v in metrics.items():
-        if isinstance(v, dict):
+        if isinstance(v, dict) and k != "per_episode":
             rows.append(f"| {k} | {', '.join(f'{a}: {b:.3f}' for a, b in v.items())} |")
     return "| metric | value |\n|---|---|\n" + "\n".join(rows) + "\n"
+
+
+def best_rollout_step(run_dir) -> int:
+    """The kept checkpoint whose in-training rollout score (metrics.jsonl) is highest."""
+    from dpjax.checkpoint import Checkpointer
+    from dpjax.errors import ConfigError
+    from dpjax.logs import read_metrics
+
+    with Checkpointer(run_dir) as ckpt:
+        kept = set(ckpt.all_steps())
+    scored = [(r["rollout_score"], r["step"]) for r in read_metrics(run_dir)
+              if "rollout_score" in r and r["step"] in kept]  # fmt: skip
+    if not scored:
+        raise ConfigError(
+            f"{run_dir}: no kept checkpoint has an in-training rollout score (train with "
+            "--set rollout_every=N, a multiple of checkpoint_every)"
+        )
+    return max(scored)[1]
+
+
+def _cell(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def run(args) -> int:
@@ -107,6 +145,7 @@ def run(args) -> int:
         sampler=args.sampler,
         steps=args.steps,
         best=args.best,
+        step=best_rollout_step(args.run_dir) if args.best_rollout else args.step,
         task=args.task,
     )
     out = Path(args.out or Path(args.run_dir) / "eval")

@@ -1,7 +1,7 @@
 """`dpjax train CONFIG [--set field=value ...] [--out RUN_DIR] [--resume | --overwrite]`.
 
 CONFIG is a Python file defining `CONFIG = TrainConfig(...)`, or the name of one in
-experiments/. Any field can be overridden: `--set policy.denoiser=mlp --set num_steps=200`.
+experiments/; NAME:ATTR takes another config the file defines (`pusht_keypoints:PAPER`). Any field can be overridden: `--set policy.denoiser=mlp --set num_steps=200`.
 `dpjax train --resume RUN_DIR` continues a run from its last checkpoint with its saved config.
 """
 
@@ -50,7 +50,10 @@ def run(args) -> int:
     elif args.config is None:
         raise ConfigError("give a CONFIG (file or experiments/ name), or --resume RUN_DIR")
     else:
-        run_dir = Path(args.out or Path("runs") / Path(args.config).stem)
+        name, _, variant = args.config.partition(":")
+        run_dir = Path(
+            args.out or Path("runs") / (Path(name).stem + (f"_{variant}" if variant else ""))
+        )
     if resume:
         # The run's saved config is authoritative; --set overrides apply on top of it and
         # `train` records the result in config.json.

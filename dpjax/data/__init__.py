@@ -11,7 +11,7 @@
 Nothing here imports TensorFlow; TFDS itself is imported only when a dataset is opened.
 """
 
-from dpjax.data.dataset import EpisodeDataset, decode_episode, load_dataset
+from dpjax.data.dataset import EpisodeDataset, collection_task, decode_episode, load_dataset
 from dpjax.data.importers import import_zarr
 from dpjax.data.loaders import InMemoryLoader, StreamingLoader
 from dpjax.data.normalizer import Normalizer
@@ -35,6 +35,7 @@ __all__ = [
     "Normalizer",
     "StreamingLoader",
     "WindowData",
+    "collection_task",
     "compute_stats",
     "decode_episode",
     "gather_windows",

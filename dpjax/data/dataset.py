@@ -223,3 +223,11 @@ def _split_lengths(info: Mapping[str, Any], split: str, directory: Path) -> int:
         if "{" not in filename and not (directory / filename).exists():
             raise DataError(f"{directory} is half-written or damaged: shard {filename} is missing")
     return sum(shard_lengths)
+
+
+def collection_task(dataset: EpisodeDataset) -> tuple[str, dict[str, Any]]:
+    """(task name, task options) that `dpjax collect` recorded for `dataset`."""
+    info = (dataset.stats.info if dataset.stats else {}) or {}
+    collection = info.get("collection", {})
+    name = collection.get("task") or dataset[0]["episode_metadata"].get("task")
+    return str(name), dict(collection.get("task_options", {}))

@@ -58,6 +58,10 @@ class Normalizer:
         """Inverse of `normalize`."""
         return y / self.scale[key] + self.center[key]
 
+    def has(self, name: str) -> bool:
+        """Whether `name` ("action", "observation/<key>") is normalized."""
+        return name in self.center
+
     def normalize_observation(self, observation: Mapping[str, jnp.ndarray]) -> dict[str, Any]:
         """Normalizes the low-dim keys of {name: (..., *shape)}; images pass through as is."""
         return {

@@ -174,6 +174,17 @@ def mode_of_offset(offset: jax.Array, distance: jax.Array) -> jax.Array:
     return jnp.where(distance <= MODE_RADIUS, mode, -1).astype(jnp.int32)
 
 
+def mode_frequencies(modes) -> dict[str, float]:
+    """{"north": f, "east": f, "south": f}: the fraction of the episodes (with a mode, >= 0)
+    of each mode, e.g. measured from demonstrations' `episode_metadata["mode"]`."""
+    modes = np.asarray(list(modes), np.int64)
+    with_mode = modes[modes >= 0]
+    return {
+        name: float(np.mean(with_mode == k)) if len(with_mode) else 0.0
+        for k, name in enumerate(MODES)
+    }
+
+
 def classify_mode(
     positions: jax.Array, cup: jax.Array, valid: jax.Array | None = None
 ) -> jax.Array:

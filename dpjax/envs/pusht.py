@@ -23,6 +23,9 @@ from dpjax.errors import ConfigError, require_extra
 MAX_EPISODE_STEPS = 300
 CONTROL_HZ = 10.0
 IMAGE_SIZE = 96
+# Success: the block covers more than this fraction of the goal T (gym-pusht's threshold;
+# Diffusion Policy's score of an episode is clip(max coverage / SUCCESS_COVERAGE, 0, 1)).
+SUCCESS_COVERAGE = 0.95
 # Goal pose of the block in gym-pusht (x, y, angle); fixed by the package, not configurable.
 GOAL_POSE = np.array([256.0, 256.0, np.pi / 4])
 

@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from dpjax.envs.pusht import GOAL_POSE, import_gym_pusht
+from dpjax.envs.pusht import GOAL_POSE, SUCCESS_COVERAGE, import_gym_pusht
 
 AGENT_RADIUS = 15.0
 STANDOFF = 4.0  # gap between disc and face before a push starts, px
@@ -38,7 +38,6 @@ CORNER_OFFSET = AGENT_RADIUS + 8.0  # the disc lags its target and cuts corners
 ORBIT_RADIUS = 100.0  # T circumradius about its centre of gravity (~77) + disc + margin
 ARENA = (20.0, 492.0)  # the walls are at 5 and 506, 2 px thick; the disc must fit
 PUSH_DISTANCES = (3.0, 8.0, 16.0, 32.0, 64.0, 110.0)  # target travel past contact, px
-SUCCESS_COVERAGE = 0.95
 
 # Contact points of the T in its body frame (gym-pusht `add_tee`, scale 30: bar x in [-60, 60],
 # y in [0, 30]; stem x in [-15, 15], y in [30, 120]) as (point on face, outward normal).

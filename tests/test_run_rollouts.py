@@ -1,0 +1,52 @@
+"""Closed-loop rollouts during training (`rollout_every`) and choosing a checkpoint by them
+(`dpjax eval --best-rollout`), on the pure-JAX cup task."""
+
+import json
+
+import pytest
+
+from dpjax import evaluate
+from dpjax.cli import main as cli_main
+from dpjax.commands.demo import demo_config
+from dpjax.commands.eval import best_rollout_step
+from dpjax.config import apply_overrides
+from dpjax.errors import ConfigError
+from dpjax.logs import read_metrics
+from dpjax.run import load_policy, train
+
+
+def test_rollouts_during_training_are_logged_and_choose_the_checkpoint(tmp_path, capsys):
+    data, run = tmp_path / "data", tmp_path / "run"
+    assert cli_main(["collect", "multimodal", "--episodes", "20", "--out", str(data)]) == 0
+    config = apply_overrides(
+        demo_config(data, "diffusion", "mlp", 30, 0),
+        ["rollout_every=10", "rollout_episodes=8", "checkpoint_every=15", "eval_every=15",
+         "log_every=5", "max_to_keep=5"],
+    )  # fmt: skip
+    train(config, run, progress=False)
+    records = read_metrics(run)
+    scored = {r["step"]: r for r in records if "rollout_score" in r}
+    assert sorted(scored) == [10, 20, 30]  # every rollout_every steps, and the last
+    assert all(0.0 <= r["rollout_score"] <= 1.0 for r in scored.values())
+    # A rollout step is also a checkpoint, so the step it picks can be evaluated.
+    best = best_rollout_step(run)
+    assert best == max(scored, key=lambda s: (scored[s]["rollout_score"], s))
+    # The logged number is the evaluation of that checkpoint on the rollout seeds.
+    policy, params, _ = load_policy(run, step=30)
+    metrics, _ = evaluate.evaluate_on_task(
+        policy, params, "multimodal", num_episodes=8, seed=config.rollout_seed, latency=False
+    )
+    assert metrics["success_rate"] == pytest.approx(scored[30]["rollout_success"])
+
+    capsys.readouterr()
+    assert cli_main(["eval", str(run), "--best-rollout", "--episodes", "4"]) == 0
+    (result,) = (run / "eval").glob("eval_*.json")
+    assert f"(step {best})" in json.loads(result.read_text())["checkpoint"]
+
+
+def test_best_rollout_needs_rollouts(tmp_path):
+    data, run = tmp_path / "data", tmp_path / "run"
+    assert cli_main(["collect", "multimodal", "--episodes", "10", "--out", str(data)]) == 0
+    train(demo_config(data, "diffusion", "mlp", 4, 0), run, progress=False)
+    with pytest.raises(ConfigError, match="rollout_every"):
+        best_rollout_step(run)
