@@ -453,6 +453,13 @@ class BCPolicy(Policy):
         return 1
 
 
+def with_action_horizon(policy: Policy, action_horizon: int) -> Policy:
+    """The same trained policy executing `action_horizon` actions of each predicted chunk
+    (1: replan every step); the parameters are shared, nothing is retrained."""
+    config = dataclasses.replace(policy.config, action_horizon=action_horizon)
+    return make_policy(config, policy.normalizer, policy.observation_spec)
+
+
 def make_policy(config: PolicyConfig, normalizer: Normalizer, observation_spec) -> Policy:
     cls = {"diffusion": DiffusionPolicy, "bc": BCPolicy}.get(config.kind)
     if cls is None:

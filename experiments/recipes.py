@@ -33,30 +33,58 @@ import common  # noqa: E402
 # variant name -> (what it tests, overrides on the task's base recipe)
 VARIANTS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
     "cup": {
-        "demo": ("the previous demo recipe: MLP, x0, 8 of 16 actions executed", ()),
-        "demo_12k": ("twice the training steps", ("num_steps=12000",)),
-        "ah4": ("replan every 4 steps", ("policy.action_horizon=4",)),
-        "ah12": ("execute 12 of 16 actions", ("policy.action_horizon=12",)),
-        "ah15": ("execute 15 of 16 actions", ("policy.action_horizon=15",)),
-        "p32_ah16": ("predict 32, execute 16", ("policy.pred_horizon=32", "policy.action_horizon=16")),
-        "unet": ("UNet (64, 128, 256) denoiser", ("policy.denoiser=unet1d",)),
-        "batch256": ("batch 256", ("batch_size=256",)),
+        "demo_ah8": ("the previous demo recipe: MLP, x0, 8 of 16 actions executed",
+                     ("policy.pred_horizon=16", "policy.action_horizon=8")),
+        "ah4": ("replan every 4 steps", ("policy.pred_horizon=16", "policy.action_horizon=4")),
+        "ah12": ("execute 12 of 16", ("policy.pred_horizon=16", "policy.action_horizon=12")),
+        "ah15": ("execute 15 of 16", ("policy.pred_horizon=16", "policy.action_horizon=15")),
+        "p32_ah16": ("predict 32, execute 16",
+                     ("policy.pred_horizon=32", "policy.action_horizon=16")),
+        "p24_ah23": ("predict 24, execute 23", ("policy.pred_horizon=24",
+                     "policy.action_horizon=23")),
+        "ah15_noise05": ("ah15 + observation noise 0.05", ("policy.pred_horizon=16",
+                         "policy.action_horizon=15", "policy.obs_noise_std=0.05")),
+        "p24_noise02": ("p24_ah23 + observation noise 0.02", ("policy.pred_horizon=24",
+                        "policy.action_horizon=23", "policy.obs_noise_std=0.02")),
+        "p24_noise05": ("p24_ah23 + observation noise 0.05", ("policy.pred_horizon=24",
+                        "policy.action_horizon=23", "policy.obs_noise_std=0.05")),
+        "p24_wide": ("p24_ah23 with a 1024-1024-512 MLP", ("policy.pred_horizon=24",
+                     "policy.action_horizon=23", "policy.hidden_dims=(1024,1024,512)")),
+        "p24_wide_4k": ("p24_wide, 4000 training steps", ("policy.pred_horizon=24",
+                        "policy.action_horizon=23", "policy.hidden_dims=(1024,1024,512)",
+                        "num_steps=4000")),
+        "v_pred": ("demo_ah8 with v-prediction", ("policy.pred_horizon=16",
+                   "policy.action_horizon=8", "policy.prediction_type=v_prediction")),
+        "demo": ("the shipped demo recipe (dpjax demo)", ()),
+        "bc_lr1e-3": ("BC, the demo's settings (lr 1e-3)", ("policy.kind=bc",)),
+        "bc_narrow": ("BC, lr 1e-3, the seed's 512-512-256 MLP",
+                      ("policy.kind=bc", "policy.hidden_dims=(512,512,256)")),
+        "bc_lr3e-4": ("BC, lr 3e-4", ("policy.kind=bc", "optim.learning_rate=3e-4")),
+        "bc_lr1e-4": ("BC, lr 1e-4", ("policy.kind=bc", "optim.learning_rate=1e-4")),
+        "bc_lr1e-3_12k": ("BC, lr 1e-3, 12000 steps", ("policy.kind=bc", "num_steps=12000")),
     },
     "pusht": {
-        "mlp_x0": (
-            "the naive first attempt: MLP, x0, 64-d features per key",
-            ("policy.denoiser=mlp", "policy.prediction_type=sample", "policy.low_dim_features=64",
-             "num_steps=30000"),
-        ),
-        "mlp_x0_noise": (
-            "mlp_x0 with observation noise 0.05",
-            ("policy.denoiser=mlp", "policy.prediction_type=sample", "policy.low_dim_features=64",
-             "num_steps=30000", "policy.obs_noise_std=0.05"),
-        ),
-        "unet_eps": ("the shipped recipe (see pusht_keypoints.py)", ()),
+        "mlp_x0": ("the naive first attempt: MLP, x0, 8 of 16 executed, no augmentation",
+                   ("policy.pred_horizon=16", "policy.action_horizon=8",
+                    "policy.obs_noise_std=0.0")),
+        "noise05": ("mlp_x0 + observation noise 0.05", ("policy.pred_horizon=16",
+                    "policy.action_horizon=8", "policy.obs_noise_std=0.05")),
+        "ah15_noise05": ("noise05, executing 15 of 16", ("policy.pred_horizon=16",
+                         "policy.action_horizon=15", "policy.obs_noise_std=0.05")),
+        "p24_noise05": ("noise05, predicting 24, executing 23", ("policy.pred_horizon=24",
+                        "policy.action_horizon=23", "policy.obs_noise_std=0.05")),
+        "noise10": ("mlp_x0 + observation noise 0.1", ("policy.pred_horizon=16",
+                    "policy.action_horizon=8", "policy.obs_noise_std=0.1")),
+        "wide_noise05": ("noise05 with a 1024-1024-512 MLP", ("policy.pred_horizon=16",
+                         "policy.action_horizon=8", "policy.obs_noise_std=0.05",
+                         "policy.hidden_dims=(1024,1024,512)")),
+        "unet32_noise05": ("noise05 with a UNet (32, 64, 128), 10k steps", (
+            "policy.pred_horizon=16", "policy.action_horizon=8", "policy.obs_noise_std=0.05",
+            "policy.denoiser=unet1d", "policy.down_dims=(32,64,128)", "num_steps=10000")),
+        "shipped": ("the shipped recipe (experiments/pusht_keypoints.py)", ()),
     },
 }  # fmt: skip
-EVAL_SAMPLERS = {"cup": (("ddim", 10), ("ddpm", 100)), "pusht": (("ddim", 10),)}
+EVAL_SAMPLERS = {"cup": (("ddim", 10), ("ddpm", 100)), "pusht": (("ddim", 10), ("ddpm", 100))}
 EVAL_EPISODES = {"cup": 200, "pusht": 50}
 EVAL_SEED = 100_000
 
@@ -99,22 +127,34 @@ def prepare_dataset(task: str, work: Path, dataset: str | None, log) -> Path:
     return path
 
 
-def evaluate_cell(task: str, run_dir: Path) -> dict[str, Any]:
+def evaluations(task: str, kind: str) -> list[tuple[str, dict]]:
+    """(label, evaluate_run options) of a cell: each sampler of the task for diffusion; BC
+    executed in chunks as trained and one action per prediction."""
+    if kind == "bc":
+        return [("chunked", {}), ("single step", {"action_horizon": 1})]
+    return [(f"{s} {k}", {"sampler": s, "steps": k}) for s, k in EVAL_SAMPLERS[task]]
+
+
+def evaluate_cell(task: str, run_dir: Path, kind: str, skip=()) -> dict[str, Any]:
+    """{label: metrics} of a trained cell, for each evaluation not in `skip`."""
     from dpjax.commands.eval import evaluate_run
 
     out = {}
-    for sampler, steps in EVAL_SAMPLERS[task]:
+    for label, options in evaluations(task, kind):
+        if label in skip or label.replace(" ", "_") in skip:
+            continue
         t0 = time.perf_counter()
         metrics, _, _ = evaluate_run(
-            run_dir, episodes=EVAL_EPISODES[task], seed=EVAL_SEED, sampler=sampler, steps=steps
+            run_dir, episodes=EVAL_EPISODES[task], seed=EVAL_SEED, progress=False, **options
         )
-        keep = ("success_rate", "mean_max_reward", "mode_frequencies", "collision_rate",
-                "no_mode_fraction", "mean_squared_jerk", "chunk_latency_ms")  # fmt: skip
+        keep = ("score", "success_rate", "success_ci95", "mean_max_reward", "mode_frequencies",
+                "expert_mode_frequencies", "mode_frequency_error", "collision_rate",
+                "no_mode_fraction", "mean_squared_jerk", "chunk_latency_ms", "checkpoint")  # fmt: skip
         row = {k: metrics[k] for k in keep if k in metrics}
         if "per_episode" in metrics:
             row["per_episode_max_reward"] = metrics["per_episode"].get("max_reward")
         row["eval_seconds"] = round(time.perf_counter() - t0, 1)
-        out[f"{sampler}_{steps}"] = row
+        out[label] = row
     return out
 
 
@@ -139,7 +179,8 @@ def run_cell(task, variant, seed, dataset, work, log) -> dict[str, Any]:
         "train_seconds": round(train_seconds, 1),
         "final_loss": summary.get("loss"),
         "val_loss": summary.get("val_loss"),
-        "eval": evaluate_cell(task, run_dir),
+        "kind": config.policy.kind,
+        "eval": evaluate_cell(task, run_dir, config.policy.kind),
         **common.provenance(script=__file__, argv=sys.argv[1:], size="cell",
                             wall_seconds=time.perf_counter() - t0, budget_cuts=()),
     }  # fmt: skip
@@ -155,37 +196,56 @@ def spread(values: list[float], fmt: str) -> str:
 
 
 def markdown(task: str, cells: list[dict]) -> str:
-    samplers = [f"{s}_{k}" for s, k in EVAL_SAMPLERS[task]]
-    score = "mean_max_reward" if task == "pusht" else "success_rate"
-    head = "| variant | what | seeds | train min | " + " | ".join(
-        f"{s} {'score' if task == 'pusht' else 'success'} | {s} success" if task == "pusht"
-        else f"{s} success" for s in samplers
-    ) + " |"  # fmt: skip
-    cols = head.count("|") - 1
-    lines = [head, "|" + "---|" * cols]
+    """One row per (variant, evaluation): mean over training seeds, (min-max) with several."""
+    pusht = task == "pusht"
+    head = ["variant", "what", "evaluated", "seeds", "train min", "val loss"]
+    head += ["score", "success"] if pusht else ["success", "north / east / south", "max mode error"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     by_variant: dict[str, list[dict]] = {}
     for cell in cells:
         by_variant.setdefault(cell["variant"], []).append(cell)
     for variant, group in by_variant.items():
         what = VARIANTS[task].get(variant, ("(no longer defined)", ()))[0]
-        row = [variant, what, ",".join(str(c["seed"]) for c in group),
-               spread([c["train_seconds"] / 60 for c in group], ".1f")]  # fmt: skip
-        for s in samplers:
-            if task == "pusht":
-                row.append(spread([c["eval"][s][score] for c in group if s in c["eval"]], ".3f"))
-            row.append(spread([c["eval"][s]["success_rate"] for c in group if s in c["eval"]],
-                              ".0%"))  # fmt: skip
-        lines.append("| " + " | ".join(row) + " |")
+        for label in group[0]["eval"]:
+            evals = [c["eval"][label] for c in group if label in c["eval"]]
+            row = [variant, what, label.replace("_", " "), ",".join(str(c["seed"]) for c in group),
+                   spread([c["train_seconds"] / 60 for c in group], ".1f"),
+                   spread([c["val_loss"] for c in group if c.get("val_loss") is not None],
+                          ".4f")]  # fmt: skip
+            if pusht:
+                row += [spread([e["mean_max_reward"] for e in evals], ".3f"),
+                        spread([e["success_rate"] for e in evals], ".0%")]  # fmt: skip
+            else:
+                modes = [statistics.fmean(e["mode_frequencies"][m] for e in evals)
+                         for m in ("north", "east", "south")]  # fmt: skip
+                row += [spread([e["success_rate"] for e in evals], ".0%"),
+                        " / ".join(f"{m:.2f}" for m in modes),
+                        spread([e["mode_frequency_error"] for e in evals], ".2f")]  # fmt: skip
+            lines.append("| " + " | ".join(row) + " |")
     machines = sorted({c["machine"]["cpu"] for c in cells})
-    notes = [
-        "",
-        f"Machines: {'; '.join(machines)}. Mean over training seeds, (min-max) where there "
-        "are several. Score: Diffusion Policy's mean over episodes of clip(max coverage / "
-        "0.95, 0, 1)."
-        if task == "pusht"
-        else "",
-        "Each cell's command, commit, date, wall time, losses and per-sampler metrics are in "
-        f"{task}.json.",
+    expert = next((e["expert_mode_frequencies"] for c in cells for e in c["eval"].values()
+                   if "expert_mode_frequencies" in e), None)  # fmt: skip
+    notes = [""]
+    if pusht:
+        notes.append(
+            f"Score: Diffusion Policy's mean over {EVAL_EPISODES[task]} episodes (seeds "
+            f"{EVAL_SEED}...) of clip(max coverage / 0.95, 0, 1); success: coverage > 0.95."
+        )
+    else:
+        notes.append(
+            f"Success on {EVAL_EPISODES[task]} held-out episodes (seeds {EVAL_SEED}...). "
+            + (
+                "Expert's mode frequencies, measured on the 200 demonstrations: "
+                + " / ".join(f"{expert[m]:.3f}" for m in ("north", "east", "south"))
+                if expert
+                else ""
+            )
+            + "; max mode error: the largest |policy - expert| of the three."
+        )
+    notes += [
+        f"Machines: {'; '.join(machines)}. Train minutes are wall time on a shared 2-core "
+        "machine (other cells often ran beside), so compare them loosely.",
+        f"Each cell's command, commit, date, losses and metrics are in {task}.json.",
     ]
     return "\n".join(lines + notes) + "\n"
 
@@ -201,6 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default=str(common.RESULTS_DIR))
     parser.add_argument("--redo", action="store_true", help="retrain cells already recorded")
     parser.add_argument("--list", action="store_true", help="list the task's variants")
+    parser.add_argument(
+        "--add-evals",
+        action="store_true",
+        help="evaluate recorded cells of --variants with the evaluations they lack (e.g. a "
+        "sampler added to EVAL_SAMPLERS), without retraining",
+    )
     args = parser.parse_args(argv)
     if args.list:
         for name, (what, overrides) in VARIANTS[args.task].items():
@@ -217,6 +283,17 @@ def main(argv: list[str] | None = None) -> int:
     for variant in args.variants:
         for seed in args.seeds:
             done = [c for c in cells if c["variant"] == variant and c["seed"] == seed]
+            if done and args.add_evals:
+                cell = done[0]
+                new = evaluate_cell(args.task, Path(cell["run_dir"]), cell.get("kind", "diffusion"),
+                                    skip=set(cell["eval"]))  # fmt: skip
+                cell["eval"].update(new)
+                log(f"{args.task}/{variant} seed {seed}: added {sorted(new) or 'nothing'}")
+                common.write_results(
+                    args.task, f"# {args.task} recipes\n\n" + markdown(args.task, cells),
+                    {"cells": cells}, args.results,
+                )  # fmt: skip
+                continue
             if done and not args.redo:
                 log(f"{args.task}/{variant} seed {seed}: recorded, skipped (--redo to retrain)")
                 continue

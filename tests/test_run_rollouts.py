@@ -20,13 +20,13 @@ def test_rollouts_during_training_are_logged_and_choose_the_checkpoint(tmp_path,
     assert cli_main(["collect", "multimodal", "--episodes", "20", "--out", str(data)]) == 0
     config = apply_overrides(
         demo_config(data, "diffusion", "mlp", 30, 0),
-        ["rollout_every=10", "rollout_episodes=8", "checkpoint_every=15", "eval_every=15",
+        ["rollout_every=12", "rollout_episodes=8", "checkpoint_every=10", "eval_every=10",
          "log_every=5", "max_to_keep=5"],
     )  # fmt: skip
     train(config, run, progress=False)
     records = read_metrics(run)
     scored = {r["step"]: r for r in records if "rollout_score" in r}
-    assert sorted(scored) == [10, 20, 30]  # every rollout_every steps, and the last
+    assert sorted(scored) == [12, 24, 30]  # every rollout_every steps, and the last
     assert all(0.0 <= r["rollout_score"] <= 1.0 for r in scored.values())
     # A rollout step is also a checkpoint, so the step it picks can be evaluated.
     best = best_rollout_step(run)

@@ -47,6 +47,12 @@ def register(subparsers) -> None:
         help="use the kept checkpoint with the best in-training rollout score "
         "(runs trained with rollout_every > 0; those rollouts use other seeds)",
     )
+    parser.add_argument(
+        "--action-horizon",
+        type=int,
+        help="execute this many actions of each predicted chunk (default: the policy's; "
+        "1 replans every step)",
+    )
     parser.add_argument("--task", help="task name (default: the dataset's)")
     parser.add_argument("--out", help="output directory (default: RUN_DIR/eval)")
     parser.set_defaults(func=run)
@@ -70,6 +76,7 @@ def evaluate_run(
     step=None,
     task=None,
     progress=True,
+    action_horizon=None,
 ):
     """(metrics, rollouts, task name) for a run directory's last (`best`: best-validation;
     `step`: that) checkpoint; `episodes` None: the task's default (`default_episodes`)."""
@@ -77,6 +84,10 @@ def evaluate_run(
     from dpjax.run import load_policy
 
     policy, params, metadata = load_policy(run_dir, best=best, step=step)
+    if action_horizon is not None:
+        from dpjax.policy import with_action_horizon
+
+        policy = with_action_horizon(policy, action_horizon)
     dataset = metadata["config"]["dataset"]
     if task is None:
         task_name, task_options = dataset_task(dataset)
@@ -100,6 +111,7 @@ def evaluate_run(
         task=task_name,
         checkpoint=f"{which} (step {metadata['step']}), EMA parameters",
         kind=c.kind,
+        action_horizon=c.action_horizon,
         sampler=(sampler or c.sampler) if c.kind == "diffusion" else None,
         num_inference_steps=(steps or c.num_inference_steps) if c.kind == "diffusion" else None,
     )
@@ -147,10 +159,15 @@ def run(args) -> int:
         best=args.best,
         step=best_rollout_step(args.run_dir) if args.best_rollout else args.step,
         task=args.task,
+        action_horizon=args.action_horizon,
     )
     out = Path(args.out or Path(args.run_dir) / "eval")
     out.mkdir(parents=True, exist_ok=True)
+    if metrics["kind"] == "bc" and (args.sampler or args.steps):
+        print("note: a BC policy has no sampler; --sampler/--steps are ignored")
     stem = f"eval_{metrics['sampler'] or 'bc'}_{metrics['num_inference_steps'] or 1}"
+    if args.action_horizon is not None:
+        stem += f"_ah{args.action_horizon}"
     (out / f"{stem}.json").write_text(json.dumps(metrics, indent=1))
     (out / f"{stem}.md").write_text(markdown(metrics))
     print(markdown(metrics))

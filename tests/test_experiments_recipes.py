@@ -1,0 +1,67 @@
+"""experiments/recipes.py: the resumable recipe sweep (cells recorded once, skipped on rerun,
+written after each cell) and its results table."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def load_recipes():
+    sys.path.insert(0, str(EXPERIMENTS))
+    spec = importlib.util.spec_from_file_location("experiments_recipes", EXPERIMENTS / "recipes.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_cell(variant, seed, success, score=None):
+    evals = {"ddim 10": {"success_rate": success, "mean_max_reward": score,
+                         "mode_frequencies": {"north": 0.5, "east": 0.4, "south": 0.1},
+                         "expert_mode_frequencies": {"north": 0.45, "east": 0.4, "south": 0.15},
+                         "mode_frequency_error": 0.05}}  # fmt: skip
+    return {"variant": variant, "seed": seed, "train_seconds": 120.0, "val_loss": 0.01,
+            "eval": evals, "machine": {"cpu": "Test CPU"}}  # fmt: skip
+
+
+def test_cells_are_run_once_and_written_after_each(tmp_path, monkeypatch, capsys):
+    recipes = load_recipes()
+    ran = []
+
+    def run_cell(task, variant, seed, dataset, work, log):
+        ran.append((variant, seed))
+        return fake_cell(variant, seed, success=0.5 + 0.1 * seed)
+
+    monkeypatch.setattr(recipes, "run_cell", run_cell)
+    monkeypatch.setattr(recipes, "prepare_dataset", lambda *a: tmp_path / "data")
+    argv = ["--task", "cup", "--variants", "ah15", "--seeds", "0", "1", "--results",
+            str(tmp_path), "--work", str(tmp_path / "work")]  # fmt: skip
+    assert recipes.main(argv) == 0
+    assert ran == [("ah15", 0), ("ah15", 1)]
+    saved = json.loads((tmp_path / "cup.json").read_text())["cells"]
+    assert [(c["variant"], c["seed"]) for c in saved] == ran
+    # A rerun skips recorded cells and trains only the new ones; --redo retrains.
+    assert recipes.main([*argv[:3], "ah15", "ah12", *argv[4:]]) == 0
+    assert ran[2:] == [("ah12", 0), ("ah12", 1)]
+    assert recipes.main([*argv, "--redo"]) == 0
+    assert ran[4:] == [("ah15", 0), ("ah15", 1)]
+    assert len(json.loads((tmp_path / "cup.json").read_text())["cells"]) == 4
+    page = (tmp_path / "cup.md").read_text()
+    # Mean over seeds 0 and 1 (50% and 60%), with the range.
+    assert (
+        "| ah15 | execute 15 of 16 | ddim 10 | 0,1 | 2.0 (2.0-2.0) | 0.0100 (0.0100-0.0100)" in page
+    )
+    assert "55% (50%-60%)" in page and "0.450 / 0.400 / 0.150" in page
+    assert "Machines: Test CPU" in page
+
+
+def test_unknown_variant_is_a_usage_error(tmp_path, capsys):
+    recipes = load_recipes()
+    with pytest.raises(SystemExit) as exit_info:
+        recipes.main(["--task", "pusht", "--variants", "nope", "--results", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "unknown variants ['nope']" in capsys.readouterr().err
