@@ -220,3 +220,45 @@ def test_validation_loss_is_the_standard_objective_whatever_the_training_one(thr
         validated, _ = other.validation_loss(params, batch, key)
         assert float(validated) == pytest.approx(float(reference), rel=1e-6)
         assert abs(float(trained_with) - float(reference)) > 1e-4 * float(reference)
+
+
+def test_observation_noise_perturbs_normalized_low_dim_keys_in_training_only(three_modes):
+    episodes, normalizer, spec = three_modes
+    config = P.PolicyConfig(**{**SMALL, "obs_noise_std": 0.1})
+    policy = P.make_policy(config, normalizer, spec)
+    normalized = {"state": jnp.zeros((4096, 1, 3)), "language_embedding": jnp.ones((4096, 3))}
+    noisy = policy._add_observation_noise(normalized, jax.random.key(0))
+    added = np.asarray(noisy["state"])
+    # N(0, 0.1^2) per entry, on the normalized scale; keys the normalizer does not know
+    # (step-level conditioning such as language embeddings) pass through untouched.
+    assert abs(added.std() - 0.1) < 0.005 and abs(added.mean()) < 0.005
+    np.testing.assert_array_equal(noisy["language_embedding"], normalized["language_embedding"])
+    # The training loss sees it (another key, another loss); inference never does.
+    params = policy.init(jax.random.key(1))
+    batch = sample_windows(
+        make_window_data(episodes[:20], obs_horizon=1, pred_horizon=4, action_horizon=4),
+        jax.random.key(2),
+        64,
+    )
+    quiet = P.make_policy(P.PolicyConfig(**SMALL), normalizer, spec)
+    assert float(policy.loss(params, batch, jax.random.key(3))[0]) != pytest.approx(
+        float(quiet.loss(params, batch, jax.random.key(3))[0]), rel=1e-6
+    )
+    observation = {"state": np.asarray(batch["observation"]["state"][:2])}
+    key = jax.random.key(4)
+    np.testing.assert_array_equal(
+        policy.act(params, observation, key), quiet.act(params, observation, key)
+    )
+    with pytest.raises(ConfigError, match="obs_noise_std"):
+        P.PolicyConfig(**{**SMALL, "obs_noise_std": -0.1}).validate()
+
+
+def test_with_action_horizon_executes_a_prefix_of_the_same_chunk(three_modes):
+    _, normalizer, spec = three_modes
+    policy = P.make_policy(P.PolicyConfig(**{**SMALL, "kind": "bc"}), normalizer, spec)
+    params = policy.init(jax.random.key(0))
+    observation = {"state": np.zeros((3, 1, 3), np.float32)}
+    full = policy.act(params, observation, jax.random.key(1))
+    single = P.with_action_horizon(policy, 1).act(params, observation, jax.random.key(1))
+    assert full.shape == (3, 4, 2) and single.shape == (3, 1, 2)
+    np.testing.assert_allclose(single, full[:, :1], rtol=1e-6)

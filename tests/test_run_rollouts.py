@@ -2,6 +2,7 @@
 (`dpjax eval --best-rollout`), on the pure-JAX cup task."""
 
 import json
+import shutil
 
 import pytest
 
@@ -43,10 +44,11 @@ def test_rollouts_during_training_are_logged_and_choose_the_checkpoint(tmp_path,
     (result,) = (run / "eval").glob("eval_*.json")
     assert f"(step {best})" in json.loads(result.read_text())["checkpoint"]
 
-
-def test_best_rollout_needs_rollouts(tmp_path):
-    data, run = tmp_path / "data", tmp_path / "run"
-    assert cli_main(["collect", "multimodal", "--episodes", "10", "--out", str(data)]) == 0
-    train(demo_config(data, "diffusion", "mlp", 4, 0), run, progress=False)
+    # A run trained without rollouts has nothing to choose by: a clear error, not a guess.
+    plain = tmp_path / "plain"
+    shutil.copytree(run, plain)
+    lines = (plain / "metrics.jsonl").read_text().splitlines()
+    kept = [line for line in lines if "rollout_score" not in line]
+    (plain / "metrics.jsonl").write_text("\n".join(kept) + "\n")
     with pytest.raises(ConfigError, match="rollout_every"):
-        best_rollout_step(run)
+        best_rollout_step(plain)
