@@ -30,10 +30,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-# The shipped demo recipe (dpjax demo) as overrides on the cup's exploration base.
+# The shipped demo recipe (dpjax demo's diffusion policy) as overrides on the cup's
+# exploration base, and the 4000-step budget the BC sweep used.
 _DEMO = ("policy.pred_horizon=24", "policy.action_horizon=23",
-         "policy.hidden_dims=(1024,1024,512)", "num_steps=4000", "eval_every=1000",
-         "checkpoint_every=1000")  # fmt: skip
+         "policy.hidden_dims=(1024,1024,512)")  # fmt: skip
+_BC = (*_DEMO, "num_steps=4000", "eval_every=1000", "checkpoint_every=1000")
 # variant name -> (what it tests, overrides on the task's base recipe)
 VARIANTS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
     "cup": {
@@ -52,18 +53,17 @@ VARIANTS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
                         "policy.action_horizon=23", "policy.obs_noise_std=0.02")),
         "p24_noise05": ("p24_ah23 + observation noise 0.05", ("policy.pred_horizon=24",
                         "policy.action_horizon=23", "policy.obs_noise_std=0.05")),
-        "p24_wide": ("p24_ah23 with a 1024-1024-512 MLP", ("policy.pred_horizon=24",
-                     "policy.action_horizon=23", "policy.hidden_dims=(1024,1024,512)")),
-        "p24_wide_4k": ("p24_wide, 4000 steps: the dpjax demo recipe", _DEMO),
+        "p24_wide": ("p24_ah23 with a 1024-1024-512 MLP: the dpjax demo recipe", _DEMO),
+        "p24_wide_4k": ("p24_wide, 4000 steps", _BC),
         "v_pred": ("demo_ah8 with v-prediction", ("policy.pred_horizon=16",
                    "policy.action_horizon=8", "policy.prediction_type=v_prediction")),
-        # BC with the demo's horizons and budget; its settings chosen on validation loss.
-        "bc_lr1e-3": ("BC, demo settings: lr 1e-3, 1024-1024-512", (*_DEMO, "policy.kind=bc")),
-        "bc_narrow": ("BC, lr 1e-3, 512-512-256", (*_DEMO, "policy.kind=bc",
+        # BC with the demo's horizons; its settings chosen on validation loss.
+        "bc_lr1e-3": ("BC, demo settings: lr 1e-3, 1024-1024-512", (*_BC, "policy.kind=bc")),
+        "bc_narrow": ("BC, lr 1e-3, 512-512-256", (*_BC, "policy.kind=bc",
                       "policy.hidden_dims=(512,512,256)")),
-        "bc_lr3e-4": ("BC, lr 3e-4, 1024-1024-512", (*_DEMO, "policy.kind=bc",
+        "bc_lr3e-4": ("BC, lr 3e-4, 1024-1024-512", (*_BC, "policy.kind=bc",
                       "optim.learning_rate=3e-4")),
-        "bc_lr1e-4": ("BC, lr 1e-4, 1024-1024-512", (*_DEMO, "policy.kind=bc",
+        "bc_lr1e-4": ("BC, lr 1e-4, 1024-1024-512", (*_BC, "policy.kind=bc",
                       "optim.learning_rate=1e-4")),
     },
     "pusht": {

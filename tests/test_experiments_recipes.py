@@ -68,13 +68,13 @@ def test_unknown_variant_is_a_usage_error(tmp_path, capsys):
 
 
 def test_the_demo_variant_is_the_shipped_demo_recipe(tmp_path):
-    """p24_wide_4k must be exactly what `dpjax demo` trains, so that its recorded cells
+    """p24_wide must be exactly what `dpjax demo` trains, so that its recorded cells
     measure the demo's recipe (and catch the two drifting apart)."""
     from dpjax.commands.demo import SIZES, demo_config
     from dpjax.config import apply_overrides
 
     recipes = load_recipes()
-    _, overrides = recipes.VARIANTS["cup"]["p24_wide_4k"]
+    _, overrides = recipes.VARIANTS["cup"]["p24_wide"]
     variant = apply_overrides(recipes.base_config("cup", tmp_path, 0), overrides)
     shipped = demo_config(tmp_path, "diffusion", "mlp", SIZES["full"][1], 0)
     assert variant == shipped

@@ -19,7 +19,7 @@ from pathlib import Path
 
 SIZES = {
     # episodes, train steps, eval episodes, (sampler, steps) the diffusion policy is evaluated with
-    "full": (200, 4000, 200, (("ddim", 1), ("ddim", 3), ("ddim", 10), ("ddim", 30), ("ddpm", 100))),
+    "full": (200, 6000, 200, (("ddim", 1), ("ddim", 3), ("ddim", 10), ("ddim", 30), ("ddpm", 100))),
     "quick": (100, 2000, 100, (("ddim", 1), ("ddim", 10))),
 }
 
