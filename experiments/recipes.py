@@ -271,6 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redo", action="store_true", help="retrain cells already recorded")
     parser.add_argument("--list", action="store_true", help="list the task's variants")
     parser.add_argument(
+        "--import-cells",
+        metavar="JSON",
+        help="add the cells recorded in another results file of this task (a sweep split over "
+        "processes or machines); cells already here are kept",
+    )
+    parser.add_argument(
         "--add-evals",
         action="store_true",
         help="evaluate recorded cells of --variants with the evaluations they lack (e.g. a "
@@ -288,6 +294,16 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     results_path = Path(args.results) / f"{args.task}.json"
     cells = json.loads(results_path.read_text())["cells"] if results_path.exists() else []
+    if args.import_cells:
+        known = {(c["variant"], c["seed"]) for c in cells}
+        new = [c for c in json.loads(Path(args.import_cells).read_text())["cells"]
+               if (c["variant"], c["seed"]) not in known]  # fmt: skip
+        cells += new
+        common.write_results(
+            args.task, f"# {args.task} recipes\n\n" + markdown(args.task, cells),
+            {"cells": cells}, args.results,
+        )  # fmt: skip
+        log(f"imported {len(new)} cells from {args.import_cells}")
     dataset = prepare_dataset(args.task, work, args.dataset, log) if args.variants else None
     for variant in args.variants:
         for seed in args.seeds:

@@ -58,6 +58,20 @@ def test_cells_are_run_once_and_written_after_each(tmp_path, monkeypatch, capsys
     assert "55% (50%-60%)" in page and "0.450 / 0.400 / 0.150" in page
     assert "Machines: Test CPU" in page
 
+    # Cells recorded elsewhere (another process or machine) merge in; known ones are kept.
+    other = tmp_path / "other"
+    other.mkdir()
+    imported = [fake_cell("ah4", 0, success=0.2), fake_cell("ah15", 0, success=0.99)]
+    (other / "cup.json").write_text(json.dumps({"cells": imported}))
+    assert recipes.main([*argv[:2], "--results", str(tmp_path), "--import-cells",
+                         str(other / "cup.json")]) == 0  # fmt: skip
+    merged = json.loads((tmp_path / "cup.json").read_text())["cells"]
+    assert len(merged) == 5 and merged[-1]["variant"] == "ah4"
+    assert [c["eval"]["ddim 10"]["success_rate"] for c in merged if c["variant"] == "ah15"] == [
+        0.5,
+        0.6,
+    ]
+
 
 def test_unknown_variant_is_a_usage_error(tmp_path, capsys):
     recipes = load_recipes()
@@ -76,5 +90,9 @@ def test_the_demo_variant_is_the_shipped_demo_recipe(tmp_path):
     recipes = load_recipes()
     _, overrides = recipes.VARIANTS["cup"]["p24_wide"]
     variant = apply_overrides(recipes.base_config("cup", tmp_path, 0), overrides)
-    shipped = demo_config(tmp_path, "diffusion", "mlp", SIZES["full"][1], 0)
-    assert variant == shipped
+    diffusion_steps, bc_steps = SIZES["full"][1]
+    assert variant == demo_config(tmp_path, "diffusion", "mlp", diffusion_steps, 0)
+    # And the demo's BC baseline is the BC setting the sweep chose (bc_lr1e-3).
+    _, overrides = recipes.VARIANTS["cup"]["bc_lr1e-3"]
+    bc = apply_overrides(recipes.base_config("cup", tmp_path, 0), overrides)
+    assert bc == demo_config(tmp_path, "bc", "mlp", bc_steps, 0)
