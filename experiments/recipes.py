@@ -252,6 +252,10 @@ def markdown(task: str, cells: list[dict]) -> str:
             + "; max mode error: the largest |policy - expert| of the three."
         )
     notes += [
+        f"Re-run a cell: `python experiments/recipes.py --task {task} --variants NAME --seeds S "
+        "--redo"
+        + (" --dataset DIR` (200 keypoint demonstrations)" if pusht else "`")
+        + "; the overrides of each variant: `--list`.",
         f"Machines: {'; '.join(machines)}. Train minutes are wall time on a shared 2-core "
         "machine (other cells often ran beside), so compare them loosely.",
         f"Each cell's command, commit, date, losses and metrics are in {task}.json.",

@@ -23,9 +23,10 @@ def test_demo_quick_runs_end_to_end(tmp_path, capsys):
         freqs = summary[kind]["mode_frequencies"]
         assert set(freqs) == {"north", "east", "south"}
         assert abs(sum(freqs.values()) - 1.0) < 1e-6 or sum(freqs.values()) == 0.0
-    # Single-step BC replans 23 times as often as chunked BC: same network, other behaviour.
-    assert summary["bc (single step)"]["success_rate"] != summary["bc"]["success_rate"] or (
-        summary["bc (single step)"]["mode_frequencies"] != summary["bc"]["mode_frequencies"]
+    # Single-step BC replans every step with the same network: other actions, so another
+    # jerk (its executed path is made of first actions only, not of smooth chunks).
+    assert summary["bc (single step)"]["mean_squared_jerk"] != pytest.approx(
+        summary["bc"]["mean_squared_jerk"], rel=1e-3
     )
     # The seed's claim at demo size: diffusion succeeds where BC, averaging the three
     # approaches into one that runs at the wall or stalls, does not.
