@@ -16,10 +16,13 @@ epochs (~300k steps at batch 64 on 200 demonstrations): a GPU job (LeRobot repor
 """
 
 import dataclasses
+from pathlib import Path
 
 from dpjax.config import load_config_file
 
-_KEYPOINTS = load_config_file("pusht_keypoints")
+_HERE = Path(__file__).resolve().with_name("pusht_keypoints.py")  # beside this file
+_KEYPOINTS = load_config_file(str(_HERE))
+_KEYPOINTS_PAPER = load_config_file(f"{_HERE}:PAPER")
 
 CONFIG = dataclasses.replace(
     _KEYPOINTS,
@@ -35,10 +38,10 @@ CONFIG = dataclasses.replace(
 )
 
 PAPER = dataclasses.replace(
-    load_config_file("pusht_keypoints:PAPER"),
+    _KEYPOINTS_PAPER,
     dataset="data/pusht_img",
     policy=dataclasses.replace(
-        load_config_file("pusht_keypoints:PAPER").policy,
+        _KEYPOINTS_PAPER.policy,
         low_dim_keys=("agent_pos",),
         image_keys=("image",),
         image_encoder="resnet18",
