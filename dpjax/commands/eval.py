@@ -58,13 +58,6 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def dataset_task(dataset_path: str) -> tuple[str, dict]:
-    """(task name, task options) recorded by `dpjax collect` in the dataset."""
-    from dpjax.data import collection_task, load_dataset
-
-    return collection_task(load_dataset(dataset_path))
-
-
 def evaluate_run(
     run_dir,
     *,
@@ -88,18 +81,21 @@ def evaluate_run(
         from dpjax.policy import with_action_horizon
 
         policy = with_action_horizon(policy, action_horizon)
-    dataset = metadata["config"]["dataset"]
+    from dpjax.data import collection_task, load_dataset
+
+    dataset = None  # opened at most once, for the task and for the expert's modes
     if task is None:
-        task_name, task_options = dataset_task(dataset)
+        dataset = load_dataset(metadata["config"]["dataset"])
+        task_name, task_options = collection_task(dataset)
     else:
         task_name, task_options = task, {}
     if episodes is None:
         episodes = default_episodes(task_name)
     expert = None
     if task_name == "multimodal":
-        from dpjax.data import load_dataset
-
-        expert = evaluate.demonstration_mode_frequencies(load_dataset(dataset))
+        if dataset is None:
+            dataset = load_dataset(metadata["config"]["dataset"])
+        expert = evaluate.demonstration_mode_frequencies(dataset)
     metrics, rollouts = evaluate.evaluate_on_task(
         policy, params, task_name, task_options, num_episodes=episodes, seed=seed,
         frames=6, progress=progress, expert_mode_frequencies=expert,
