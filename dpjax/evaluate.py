@@ -13,6 +13,7 @@ resulting control rate, and denoiser evaluations per chunk.
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 import time
@@ -82,25 +83,13 @@ def measure_chunk_latency(policy, params, repeats: int = 20, **options) -> dict[
 # ----------------------------------------------------------------- multimodal (pure JAX)
 
 
-def rollout_multimodal(
-    policy, params, *, num_episodes: int, seed: int, env_config=None, **options
-) -> dict[str, np.ndarray]:
-    """All episodes and the policy in one compiled program. Episode i starts as the expert's
-    episode with seed `seed + i` does. `env_config` (a MultimodalConfig) changes the task,
-    e.g. held-out start regions or goal conditioning. Returns numpy arrays: positions
-    (N, T+1, 2), actions (N, T, 2), cup (N, 2), success, collision (N,) bool, mode (N,),
-    goal (N,) (-1: any side), length (N,)."""
+@functools.lru_cache(maxsize=8)
+def _multimodal_program(chunk_fn, c, config):
+    """The jitted `run(params, seeds (N,) uint32, key)` of `rollout_multimodal`, built once per
+    (compiled chunk function, policy config, task config): periodic rollouts during training
+    and evaluations at several sampler settings reuse its compilation."""
     from dpjax.envs import multimodal as mm
 
-    config = env_config or mm.DEFAULT_CONFIG
-    c = policy.config
-    available = ("state", "goal") if config.goal_conditioned else ("state",)
-    if not set(c.low_dim_keys) <= set(available) or c.image_keys:
-        raise ConfigError(
-            f"the policy observes {[*c.low_dim_keys, *c.image_keys]}, but this multimodal task "
-            f"gives {list(available)} (goal only with the goal_conditioned task option)"
-        )
-    chunk_fn = policy.inference_fn(**options)
     horizon = c.action_horizon
     observe = jax.vmap(lambda s: {k: v for k, v in mm.observation(s, config).items()
                                   if k in c.low_dim_keys})  # fmt: skip
@@ -144,6 +133,28 @@ def rollout_multimodal(
             "length": final.t,
         }
 
+    return run
+
+
+def rollout_multimodal(
+    policy, params, *, num_episodes: int, seed: int, env_config=None, **options
+) -> dict[str, np.ndarray]:
+    """All episodes and the policy in one compiled program. Episode i starts as the expert's
+    episode with seed `seed + i` does. `env_config` (a MultimodalConfig) changes the task,
+    e.g. held-out start regions or goal conditioning. Returns numpy arrays: positions
+    (N, T+1, 2), actions (N, T, 2), cup (N, 2), success, collision (N,) bool, mode (N,),
+    goal (N,) (-1: any side), length (N,)."""
+    from dpjax.envs import multimodal as mm
+
+    config = env_config or mm.DEFAULT_CONFIG
+    c = policy.config
+    available = ("state", "goal") if config.goal_conditioned else ("state",)
+    if not set(c.low_dim_keys) <= set(available) or c.image_keys:
+        raise ConfigError(
+            f"the policy observes {[*c.low_dim_keys, *c.image_keys]}, but this multimodal task "
+            f"gives {list(available)} (goal only with the goal_conditioned task option)"
+        )
+    run = _multimodal_program(policy.inference_fn(**options), c, config)
     seeds = jnp.arange(seed, seed + num_episodes, dtype=jnp.uint32)
     return jax.device_get(run(params, seeds, jax.random.key(seed)))
 

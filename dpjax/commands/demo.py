@@ -23,7 +23,7 @@ SIZES = {
     # (experiments/results/cup.md); more steps only overfit a regressor.
     "full": (200, (6000, 4000), 200,
              (("ddim", 1), ("ddim", 3), ("ddim", 10), ("ddim", 30), ("ddpm", 100))),
-    "quick": (100, (2000, 2000), 100, (("ddim", 1), ("ddim", 10))),
+    "quick": (100, (1000, 500), 60, (("ddim", 1), ("ddim", 10))),
 }  # fmt: skip
 
 
