@@ -87,7 +87,11 @@ VARIANTS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
         "shipped": ("the shipped recipe (experiments/pusht_keypoints.py)", ()),
     },
 }  # fmt: skip
-EVAL_SAMPLERS = {"cup": (("ddim", 10), ("ddpm", 100)), "pusht": (("ddim", 10), ("ddpm", 100))}
+# (sampler, steps, actions executed per chunk: None for the policy's own) of each evaluation.
+EVAL_SAMPLERS = {
+    "cup": (("ddim", 10, None), ("ddpm", 100, None)),
+    "pusht": (("ddim", 10, None), ("ddpm", 100, None), ("ddim", 10, 4), ("ddpm", 100, 4)),
+}
 EVAL_EPISODES = {"cup": 200, "pusht": 50}
 EVAL_SEED = 100_000
 
@@ -141,7 +145,14 @@ def evaluations(task: str, kind: str) -> list[tuple[str, dict]]:
     executed in chunks as trained and one action per prediction."""
     if kind == "bc":
         return [("chunked", {}), ("single step", {"action_horizon": 1})]
-    return [(f"{s} {k}", {"sampler": s, "steps": k}) for s, k in EVAL_SAMPLERS[task]]
+    out = []
+    for sampler, steps, action_horizon in EVAL_SAMPLERS[task]:
+        label, options = f"{sampler} {steps}", {"sampler": sampler, "steps": steps}
+        if action_horizon is not None:
+            label += f" ah{action_horizon}"
+            options["action_horizon"] = action_horizon
+        out.append((label, options))
+    return out
 
 
 def evaluate_cell(task: str, run_dir: Path, kind: str, skip=()) -> dict[str, Any]:
@@ -167,6 +178,37 @@ def evaluate_cell(task: str, run_dir: Path, kind: str, skip=()) -> dict[str, Any
     return out
 
 
+TRAIN_SECONDS_FILE = "recipe_train_seconds"  # wall seconds of training, summed over sittings
+
+
+def resumable(run_dir: Path, config) -> bool:
+    """Whether `run_dir` holds an interrupted (or finished) run of exactly `config`: then the
+    cell continues it from its last checkpoint rather than training again from scratch."""
+    from dpjax.checkpoint import Checkpointer
+    from dpjax.config import to_dict
+    from dpjax.errors import DpjaxError
+    from dpjax.run import load_run_config
+
+    try:
+        same = to_dict(load_run_config(run_dir)) == to_dict(config)
+    except (DpjaxError, OSError):
+        return False
+    if not same:
+        return False
+    checkpointer = Checkpointer(run_dir, max_to_keep=config.max_to_keep)
+    try:
+        return checkpointer.latest_step() is not None
+    finally:
+        checkpointer.close()
+
+
+def last_logged(run_dir: Path, name: str) -> float | None:
+    from dpjax.logs import read_metrics
+
+    values = [r[name] for r in read_metrics(run_dir) if name in r]
+    return values[-1] if values else None
+
+
 def run_cell(task, variant, seed, dataset, work, log) -> dict[str, Any]:
     from dpjax.config import apply_overrides
     from dpjax.run import train
@@ -174,10 +216,15 @@ def run_cell(task, variant, seed, dataset, work, log) -> dict[str, Any]:
     _, overrides = VARIANTS[task][variant]
     config = apply_overrides(base_config(task, dataset, seed), overrides)
     run_dir = work / task / variant / f"seed{seed}"
-    log(f"{task}/{variant} seed {seed}: training {config.num_steps} steps -> {run_dir}")
+    resume = resumable(run_dir, config)
+    log(f"{task}/{variant} seed {seed}: training {config.num_steps} steps -> {run_dir}"
+        + (" (resuming)" if resume else ""))  # fmt: skip
     t0 = time.perf_counter()
-    summary = train(config, run_dir, overwrite=True)
-    train_seconds = time.perf_counter() - t0
+    seconds_file = run_dir / TRAIN_SECONDS_FILE
+    before = float(seconds_file.read_text()) if resume and seconds_file.exists() else 0.0
+    train(config, run_dir, resume=resume, overwrite=not resume)
+    train_seconds = before + time.perf_counter() - t0
+    seconds_file.write_text(f"{train_seconds:.1f}\n")
     log(f"{task}/{variant} seed {seed}: evaluating")
     return {
         "variant": variant,
@@ -186,8 +233,9 @@ def run_cell(task, variant, seed, dataset, work, log) -> dict[str, Any]:
         "run_dir": str(run_dir),
         "train_steps": config.num_steps,
         "train_seconds": round(train_seconds, 1),
-        "final_loss": summary.get("loss"),
-        "val_loss": summary.get("val_loss"),
+        # From the metrics log: a resumed finished run trains no step and returns none.
+        "final_loss": last_logged(run_dir, "loss"),
+        "val_loss": last_logged(run_dir, "val_loss"),
         "kind": config.policy.kind,
         "eval": evaluate_cell(task, run_dir, config.policy.kind),
         **common.provenance(script=__file__, argv=sys.argv[1:], size="cell",

@@ -96,3 +96,35 @@ def test_the_demo_variant_is_the_shipped_demo_recipe(tmp_path):
     _, overrides = recipes.VARIANTS["cup"]["bc_lr1e-3"]
     bc = apply_overrides(recipes.base_config("cup", tmp_path, 0), overrides)
     assert bc == demo_config(tmp_path, "bc", "mlp", bc_steps, 0)
+
+
+def test_an_interrupted_cell_resumes_its_run_instead_of_retraining(tmp_path, monkeypatch):
+    """A cell whose run dir holds checkpoints of the same config continues from them (a long
+    PushT cell can span sittings); another config in that dir is trained afresh."""
+    from dpjax.data import write_dataset
+    from dpjax.data.synthetic import three_mode_episodes
+    from dpjax.logs import read_metrics
+    from dpjax.run import train
+
+    recipes = load_recipes()
+    data = tmp_path / "data"
+    write_dataset(three_mode_episodes(20, seed=1), data, name="three_modes")
+    tiny = ["num_steps=8", "log_every=2", "eval_every=4", "checkpoint_every=4",
+            "policy.hidden_dims=(32,32)", "policy.low_dim_keys=('state',)"]  # fmt: skip
+    monkeypatch.setitem(recipes.VARIANTS["cup"], "tiny", ("a tiny run", tuple(tiny)))
+    monkeypatch.setattr(recipes, "evaluate_cell", lambda *a, **k: {})
+    from dpjax.config import apply_overrides
+
+    config = apply_overrides(recipes.base_config("cup", data, 0), tiny)
+    run_dir = tmp_path / "work" / "cup" / "tiny" / "seed0"
+    assert not recipes.resumable(run_dir, config)  # nothing there yet
+    train(config, run_dir, progress=False, stop_at_step=4)  # interrupted at step 4
+    assert recipes.resumable(run_dir, config)
+    assert not recipes.resumable(run_dir, apply_overrides(config, ["seed=1"]))
+    (run_dir / recipes.TRAIN_SECONDS_FILE).write_text("100.0\n")  # the first sitting's time
+
+    cell = recipes.run_cell("cup", "tiny", 0, data, tmp_path / "work", log=lambda *_: None)
+    steps = [r["step"] for r in read_metrics(run_dir)]
+    assert steps == [2, 4, 6, 8]  # continued from 4: steps 2 and 4 were not logged twice
+    assert cell["train_seconds"] > 100.0 and cell["train_steps"] == 8
+    assert cell["final_loss"] == read_metrics(run_dir)[-1]["loss"]
