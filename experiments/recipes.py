@@ -209,6 +209,71 @@ def last_logged(run_dir: Path, name: str) -> float | None:
     return values[-1] if values else None
 
 
+def logged_train_seconds(run_dir: Path) -> float:
+    """Wall seconds of a run from its metrics log: first to last record, plus the steps before
+    the first record at the first record's speed (compilation not counted)."""
+    from dpjax.logs import read_metrics
+
+    records = read_metrics(run_dir)
+    if not records:
+        return 0.0
+    first, last = records[0], records[-1]
+    return last["time"] - first["time"] + first["step"] / max(first["steps_per_sec"], 1e-9)
+
+
+CURVE_KEYS = ("step", "rollout_score", "rollout_success", "val_loss")
+
+
+def learning_curve(run_dir: Path) -> list[dict[str, float]]:
+    """The run's in-training closed-loop rollouts (`rollout_every`), with the validation loss
+    logged at the same steps: [{step, rollout_score, rollout_success, val_loss}]."""
+    from dpjax.logs import read_metrics
+
+    return [{k: r[k] for k in CURVE_KEYS if k in r}
+            for r in read_metrics(run_dir) if "rollout_score" in r]  # fmt: skip
+
+
+def plot_curves(task: str, cells: list[dict], path: Path) -> Path | None:
+    """Rollout score and validation loss against training step, a line per cell with a curve."""
+    with_curve = [c for c in cells if c.get("curve")]
+    if not with_curve or not common.have_matplotlib():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    for cell in with_curve:
+        steps = [p["step"] for p in cell["curve"]]
+        label = f"{cell['variant']} seed {cell['seed']}"
+        top.plot(steps, [p["rollout_score"] for p in cell["curve"]], marker="o", label=label)
+        if all("val_loss" in p for p in cell["curve"]):
+            bottom.plot(steps, [p["val_loss"] for p in cell["curve"]], marker="o", label=label)
+    top.set_ylabel("rollout score\n(50 episodes, seeds 200000...)")
+    top.set_title(f"{task}: closed loop keeps improving after validation loss turns")
+    top.grid(alpha=0.3)
+    top.legend(fontsize=8)
+    bottom.set_ylabel("validation loss (EMA)")
+    bottom.set_xlabel("training step")
+    bottom.grid(alpha=0.3)
+    return common.save_figure(fig, path)
+
+
+def save(task: str, cells: list[dict], results_dir) -> None:
+    """Writes <task>.md / .json and, where cells have learning curves, <task>_curves.png.
+    Cells recorded before curves were kept get theirs from their run directory if it is here."""
+    for cell in cells:
+        if "curve" not in cell and cell.get("run_dir") and Path(cell["run_dir"]).is_dir():
+            cell["curve"] = learning_curve(Path(cell["run_dir"]))
+    page = f"# {task} recipes\n\n" + markdown(task, cells)
+    figure = Path(results_dir) / f"{task}_curves.png"
+    Path(results_dir).mkdir(parents=True, exist_ok=True)
+    if plot_curves(task, cells, figure):
+        page += f"\n![learning curves]({figure.name})\n"
+    common.write_results(task, page, {"cells": cells}, results_dir)
+
+
 def run_cell(task, variant, seed, dataset, work, log) -> dict[str, Any]:
     from dpjax.config import apply_overrides
     from dpjax.run import train
@@ -221,12 +286,20 @@ def run_cell(task, variant, seed, dataset, work, log) -> dict[str, Any]:
         + (" (resuming)" if resume else ""))  # fmt: skip
     t0 = time.perf_counter()
     seconds_file = run_dir / TRAIN_SECONDS_FILE
-    before = float(seconds_file.read_text()) if resume and seconds_file.exists() else 0.0
+    note = None
+    before = 0.0
+    if resume and seconds_file.exists():
+        before = float(seconds_file.read_text())
+    elif resume:  # trained by `dpjax train` with this very config, not by this script
+        before = logged_train_seconds(run_dir)
+        note = ("trained by `dpjax train` with this config, then evaluated here; train seconds "
+                "from its metrics log")  # fmt: skip
     train(config, run_dir, resume=resume, overwrite=not resume)
     train_seconds = before + time.perf_counter() - t0
     seconds_file.write_text(f"{train_seconds:.1f}\n")
     log(f"{task}/{variant} seed {seed}: evaluating")
     return {
+        **({"note": note} if note else {}),
         "variant": variant,
         "seed": seed,
         "overrides": list(overrides),
@@ -237,6 +310,7 @@ def run_cell(task, variant, seed, dataset, work, log) -> dict[str, Any]:
         "final_loss": last_logged(run_dir, "loss"),
         "val_loss": last_logged(run_dir, "val_loss"),
         "kind": config.policy.kind,
+        "curve": learning_curve(run_dir),
         "eval": evaluate_cell(task, run_dir, config.policy.kind),
         **common.provenance(script=__file__, argv=sys.argv[1:], size="cell",
                             wall_seconds=time.perf_counter() - t0, budget_cuts=()),
@@ -308,6 +382,12 @@ def markdown(task: str, cells: list[dict]) -> str:
         "machine (other cells often ran beside), so compare them loosely.",
         f"Each cell's command, commit, date, losses and metrics are in {task}.json.",
     ]
+    # Cells recorded before "checkpoint" was kept were evaluated on the default: the last.
+    checkpoints = {(e.get("checkpoint") or "last").split(" (")[0]
+                   for c in cells for e in c["eval"].values()}  # fmt: skip
+    if checkpoints == {"last"}:
+        notes.append("Every number is the last checkpoint's, with EMA parameters.")
+    notes += [f"{c['variant']} seed {c['seed']}: {c['note']}." for c in cells if c.get("note")]
     return "\n".join(lines + notes) + "\n"
 
 
@@ -351,10 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         new = [c for c in json.loads(Path(args.import_cells).read_text())["cells"]
                if (c["variant"], c["seed"]) not in known]  # fmt: skip
         cells += new
-        common.write_results(
-            args.task, f"# {args.task} recipes\n\n" + markdown(args.task, cells),
-            {"cells": cells}, args.results,
-        )  # fmt: skip
+        save(args.task, cells, args.results)
         log(f"imported {len(new)} cells from {args.import_cells}")
     dataset = prepare_dataset(args.task, work, args.dataset, log) if args.variants else None
     for variant in args.variants:
@@ -366,10 +443,7 @@ def main(argv: list[str] | None = None) -> int:
                                     skip=set(cell["eval"]))  # fmt: skip
                 cell["eval"].update(new)
                 log(f"{args.task}/{variant} seed {seed}: added {sorted(new) or 'nothing'}")
-                common.write_results(
-                    args.task, f"# {args.task} recipes\n\n" + markdown(args.task, cells),
-                    {"cells": cells}, args.results,
-                )  # fmt: skip
+                save(args.task, cells, args.results)
                 continue
             if done and not args.redo:
                 log(f"{args.task}/{variant} seed {seed}: recorded, skipped (--redo to retrain)")
@@ -377,10 +451,7 @@ def main(argv: list[str] | None = None) -> int:
             cell = run_cell(args.task, variant, seed, dataset, work, log)
             cells = [c for c in cells if c not in done] + [cell]
             # Written after every cell, so an interrupted sweep keeps what it finished.
-            common.write_results(
-                args.task, f"# {args.task} recipes\n\n" + markdown(args.task, cells),
-                {"cells": cells}, args.results,
-            )  # fmt: skip
+            save(args.task, cells, args.results)
             log(f"{args.task}/{variant} seed {seed}: {json.dumps(cell['eval'])[:300]}")
     if cells:
         print(markdown(args.task, cells))

@@ -101,16 +101,16 @@ def test_the_demo_variant_is_the_shipped_demo_recipe(tmp_path):
 def test_an_interrupted_cell_resumes_its_run_instead_of_retraining(tmp_path, monkeypatch):
     """A cell whose run dir holds checkpoints of the same config continues from them (a long
     PushT cell can span sittings); another config in that dir is trained afresh."""
-    from dpjax.data import write_dataset
-    from dpjax.data.synthetic import three_mode_episodes
+    from dpjax.cli import main as cli_main
     from dpjax.logs import read_metrics
     from dpjax.run import train
 
     recipes = load_recipes()
     data = tmp_path / "data"
-    write_dataset(three_mode_episodes(20, seed=1), data, name="three_modes")
+    assert cli_main(["collect", "multimodal", "--episodes", "12", "--out", str(data)]) == 0
     tiny = ["num_steps=8", "log_every=2", "eval_every=4", "checkpoint_every=4",
-            "policy.hidden_dims=(32,32)", "policy.low_dim_keys=('state',)"]  # fmt: skip
+            "rollout_every=4", "rollout_episodes=4", "policy.num_inference_steps=2",
+            "policy.hidden_dims=(32,32)"]  # fmt: skip
     monkeypatch.setitem(recipes.VARIANTS["cup"], "tiny", ("a tiny run", tuple(tiny)))
     monkeypatch.setattr(recipes, "evaluate_cell", lambda *a, **k: {})
     from dpjax.config import apply_overrides
@@ -128,3 +128,20 @@ def test_an_interrupted_cell_resumes_its_run_instead_of_retraining(tmp_path, mon
     assert steps == [2, 4, 6, 8]  # continued from 4: steps 2 and 4 were not logged twice
     assert cell["train_seconds"] > 100.0 and cell["train_steps"] == 8
     assert cell["final_loss"] == read_metrics(run_dir)[-1]["loss"]
+    assert "note" not in cell  # trained (in two sittings) by this script
+    # The learning curve: the rollouts of both sittings, each with its validation loss.
+    assert [p["step"] for p in cell["curve"]] == [4, 8]
+    assert all(0.0 <= p["rollout_score"] <= 1.0 and p["val_loss"] > 0 for p in cell["curve"])
+
+    # A run that `dpjax train` made with the same config is evaluated, not retrained, and the
+    # cell says so, with the training time read from the run's own metrics log.
+    (run_dir / recipes.TRAIN_SECONDS_FILE).unlink()
+    again = recipes.run_cell("cup", "tiny", 0, data, tmp_path / "work", log=lambda *_: None)
+    assert [r["step"] for r in read_metrics(run_dir)] == steps
+    assert "dpjax train" in again["note"] and 0.0 < again["train_seconds"] < cell["train_seconds"]
+    page = recipes.markdown("cup", [again])
+    assert "tiny seed 0: trained by `dpjax train`" in page
+    pytest.importorskip("matplotlib")
+    recipes.save("cup", [again], tmp_path / "results")
+    assert (tmp_path / "results" / "cup_curves.png").stat().st_size > 5_000
+    assert "![learning curves](cup_curves.png)" in (tmp_path / "results" / "cup.md").read_text()
