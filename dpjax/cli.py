@@ -1,4 +1,4 @@
-"""The `dpjax` command line: `dpjax collect | data | train | eval | sample | bench | demo`.
+"""The `dpjax` command line: `dpjax collect | data | train | eval | demo | sampler-demo | bench`.
 
 Each command lives in its own module, which exposes `register(subparsers)`; that adds one
 `argparse` sub-parser and sets `func` (a callable taking the parsed namespace and returning

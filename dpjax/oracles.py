@@ -48,14 +48,6 @@ def cup_mixture(radius: float = 2.0, std: float = 0.25) -> GaussianMixture:
     return make_mixture(CUP_MODE_WEIGHTS, np.asarray(CUP_MODE_MEANS) * radius, std)
 
 
-def sample_mixture(mixture: GaussianMixture, key: jax.Array, num: int) -> jnp.ndarray:
-    """num exact draws (num, D) from the mixture."""
-    k_comp, k_noise = jax.random.split(key)
-    comp = jax.random.choice(k_comp, mixture.weights.shape[0], (num,), p=mixture.weights)
-    noise = jax.random.normal(k_noise, (num, mixture.means.shape[1]))
-    return mixture.means[comp] + mixture.stds[comp][:, None] * noise
-
-
 def oracle_epsilon(
     mixture: GaussianMixture, schedule: NoiseSchedule, x_t: jnp.ndarray, t: jnp.ndarray
 ) -> jnp.ndarray:

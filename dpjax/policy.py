@@ -71,8 +71,8 @@ class PolicyConfig:
     timestep_sampling: str = "uniform"
     loss_weighting: str = "none"
     # Default inference (any sampler / step count can be chosen later without retraining).
-    # dpmsolver++ rather than ddim: with clip_sample, DDIM combines the clipped x0 with the
-    # unclipped model epsilon (diffusers' semantics), which degrades at many steps.
+    # dpmsolver++: at 10 steps the closest of the ODE solvers to the 1000-step answer on the
+    # exact-denoiser test (tests/test_samplers.py: 0.13 against DDIM's 0.23).
     sampler: str = "dpmsolver++"
     num_inference_steps: int = 10
     clip_sample: float | None = 1.0

@@ -69,14 +69,6 @@ class Normalizer:
             for k, v in observation.items()
         }
 
-    def normalize_batch(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        """{"observation": {...}, "action": (B, H, A)} -> the same with normalized values."""
-        return {
-            **batch,
-            "observation": self.normalize_observation(batch["observation"]),
-            "action": self.normalize("action", batch["action"]),
-        }
-
     def to_dict(self) -> dict[str, dict[str, list]]:
         """JSON-compatible form, e.g. to save next to a checkpoint."""
         return {

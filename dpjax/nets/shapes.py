@@ -25,14 +25,6 @@ def check_shape(name: str, x: jnp.ndarray, expected: Dims) -> None:
         raise ShapeError(f"{name}: expected shape {format_shape(expected)}, got {shape}")
 
 
-def check_batch(name: str, x: jnp.ndarray, batch: int) -> None:
-    """Raises ShapeError unless the leading axis of `x` is `batch`."""
-    if x.ndim == 0 or x.shape[0] != batch:
-        raise ShapeError(
-            f"{name}: expected batch size {batch} on axis 0, got shape {tuple(x.shape)}"
-        )
-
-
 def broadcast_timestep(timestep: jnp.ndarray, batch: int) -> jnp.ndarray:
     """() or (B,) timesteps -> (B,); samplers often hold one scalar t for the whole batch."""
     timestep = jnp.asarray(timestep)
