@@ -1,6 +1,6 @@
-import json
 import multiprocessing
 import os
+import shutil
 import signal
 import time
 
@@ -174,20 +174,26 @@ def test_corrupt_checkpoint_raises_checkpoint_error(tmp_path, damage):
     assert "TensorStore({" not in str(e.value)
 
 
-def test_checksum_catches_silently_wrong_values(tmp_path, monkeypatch):
+def test_checksum_catches_silently_wrong_values(tmp_path):
+    """The stored data changed under an intact layout (here: another save's valid array data
+    with one leaf different, the kind of corruption the storage format itself cannot see)."""
     state = make_state(4)
-    with Checkpointer(tmp_path) as ckpt:
+    other = jax.tree.map(lambda x: x, state)
+    other["params"]["layers"][0] = state["params"]["layers"][0] + 1
+    with Checkpointer(tmp_path / "a") as ckpt:
         ckpt.save(4, state, metadata={})
-    layout_file = tmp_path / "checkpoints" / "4" / "layout" / "metadata"
-    layout = json.loads(layout_file.read_text())
-    layout["leaves"]["params/layers/0"]["crc32"] ^= 1
-    layout_file.write_text(json.dumps(layout))
-    with Checkpointer(tmp_path) as ckpt:
+    with Checkpointer(tmp_path / "b") as ckpt:
+        ckpt.save(4, other, metadata={})
+    data = tmp_path / "a" / "checkpoints" / "4" / "state"
+    shutil.rmtree(data)
+    shutil.copytree(tmp_path / "b" / "checkpoints" / "4" / "state", data)
+    with Checkpointer(tmp_path / "a") as ckpt:
         with pytest.raises(CheckpointError, match="params/layers/0 does not match its checksum"):
             ckpt.restore(abstract(state))
-    with Checkpointer(tmp_path, verify_checksums=False) as ckpt:
+    # Without the checksums the wrong values would come back silently.
+    with Checkpointer(tmp_path / "a", verify_checksums=False) as ckpt:
         restored, _ = ckpt.restore(abstract(state))
-    assert_bitwise_equal(restored, state)
+    assert_bitwise_equal(restored, other)
 
 
 _WRITER = """
