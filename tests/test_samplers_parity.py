@@ -1,4 +1,5 @@
-"""Every sampler, step for step, against diffusers' PyTorch schedulers (the `parity` extra).
+"""Every sampler, step for step (every x_t its denoiser sees, then the sample), against
+diffusers' PyTorch schedulers (the `parity` extra).
 
 The same toy denoiser runs in torch (for diffusers) and in JAX (for dpjax); stochastic
 samplers get the same noise by patching diffusers' `randn_tensor` to return the noise dpjax
@@ -79,23 +80,33 @@ def run_diffusers(method, T, schedule_name, options, x_T, noises, monkeypatch):
     x = torch.from_numpy(np.array(x_T))
     if method in ("euler", "heun"):
         x = x * float(np.sqrt(scheduler.sigmas.max().item() ** 2 + 1))
+    inputs = []
     for i, t in enumerate(scheduler.timesteps):
         step_index["i"] = i
-        out = torch_denoise(scheduler.scale_model_input(x, t), t, T)
+        model_input = scheduler.scale_model_input(x, t)
+        inputs.append(model_input.numpy())
+        out = torch_denoise(model_input, t, T)
         kwargs = {"eta": options.eta} if method == "ddim" else {}
         x = scheduler.step(out, t, x, **kwargs).prev_sample
-    return scheduler.timesteps.numpy(), x.numpy()
+    return scheduler.timesteps.numpy(), inputs, x.numpy()
 
 
 def run_dpjax(T, schedule, options, x_T, key):
-    denoise = jax_denoise(T)
+    """(timesteps, the x_t handed to the denoiser at every evaluation, the sample)."""
+    inputs = []
+
+    def denoise(x, t):
+        jax.debug.callback(lambda v: inputs.append(np.asarray(v)), x, ordered=True)
+        return jax_denoise(T)(x, t)
+
     out = jax.jit(lambda k, x: samplers.sample_with_options(denoise, x, schedule, options, k))(
         key, x_T
     )
+    jax.effects_barrier()
     ts = samplers.timesteps(
         schedule, options.method, options.num_inference_steps, options.timestep_spacing
     )
-    return ts, np.asarray(out)
+    return ts, inputs, np.asarray(out)
 
 
 def dpjax_noises(key, num_evaluations, shape):
@@ -150,10 +161,17 @@ def test_matches_diffusers(
     schedule = schedules.make_schedule(schedule_name, T)
     key = jax.random.key(7)
     x_T = np.asarray(jax.random.normal(jax.random.key(3), (BATCH, HORIZON, ACTION_DIM)))
-    ours_ts, ours = run_dpjax(T, schedule, options, jnp.asarray(x_T), key)
+    ours_ts, our_inputs, ours = run_dpjax(T, schedule, options, jnp.asarray(x_T), key)
     noises = dpjax_noises(key, len(ours_ts), x_T.shape)
-    theirs_ts, theirs = run_diffusers(method, T, schedule_name, options, x_T, noises, monkeypatch)
+    theirs_ts, their_inputs, theirs = run_diffusers(
+        method, T, schedule_name, options, x_T, noises, monkeypatch
+    )
     np.testing.assert_array_equal(ours_ts, theirs_ts.astype(np.int64))
+    # Step for step: every x_t the denoiser sees (variance-preserving scale), then the sample.
+    assert len(our_inputs) == len(their_inputs) == len(ours_ts)
+    for i, (a, b) in enumerate(zip(our_inputs, their_inputs, strict=True)):
+        scale = max(1.0, float(np.abs(b).max()))
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-4 * scale, err_msg=f"evaluation {i}")
     scale = max(1.0, float(np.abs(theirs).max()))
     np.testing.assert_allclose(ours, theirs, rtol=2e-4, atol=2e-4 * scale)
 
