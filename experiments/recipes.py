@@ -87,11 +87,15 @@ VARIANTS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
         "shipped": ("the shipped recipe (experiments/pusht_keypoints.py)", ()),
     },
 }  # fmt: skip
-# (sampler, steps, actions executed per chunk: None for the policy's own) of each evaluation.
-EVAL_SAMPLERS = {
-    "cup": (("ddim", 10, None), ("ddpm", 100, None)),
-    "pusht": (("ddim", 10, None), ("ddpm", 100, None), ("ddim", 10, 4), ("ddpm", 100, 4)),
-}
+# Each evaluation of a diffusion cell: (sampler, steps, actions executed per chunk or None for
+# the policy's own, checkpoint). "best-rollout": the kept checkpoint with the best in-training
+# rollout score (runs with rollout_every; those rollouts use seeds 200000..., not the test's).
+EVALUATIONS = {
+    "cup": (("ddim", 10, None, "last"), ("ddpm", 100, None, "last")),
+    "pusht": (("ddim", 10, None, "last"), ("ddpm", 100, None, "last"), ("ddim", 10, 4, "last"),
+              ("ddpm", 100, 4, "last"), ("ddim", 10, None, "best-rollout"),
+              ("ddim", 10, 4, "best-rollout"), ("ddpm", 100, 4, "best-rollout")),
+}  # fmt: skip
 EVAL_EPISODES = {"cup": 200, "pusht": 50}
 EVAL_SEED = 100_000
 
@@ -146,24 +150,32 @@ def evaluations(task: str, kind: str) -> list[tuple[str, dict]]:
     if kind == "bc":
         return [("chunked", {}), ("single step", {"action_horizon": 1})]
     out = []
-    for sampler, steps, action_horizon in EVAL_SAMPLERS[task]:
+    for sampler, steps, action_horizon, checkpoint in EVALUATIONS[task]:
         label, options = f"{sampler} {steps}", {"sampler": sampler, "steps": steps}
         if action_horizon is not None:
             label += f" ah{action_horizon}"
             options["action_horizon"] = action_horizon
+        if checkpoint != "last":
+            label += f" {checkpoint}"
+            options["checkpoint"] = checkpoint
         out.append((label, options))
     return out
 
 
 def evaluate_cell(task: str, run_dir: Path, kind: str, skip=()) -> dict[str, Any]:
     """{label: metrics} of a trained cell, for each evaluation not in `skip`."""
-    from dpjax.commands.eval import evaluate_run
+    from dpjax.commands.eval import best_rollout_step, evaluate_run
 
     out = {}
     for label, options in evaluations(task, kind):
         if label in skip or label.replace(" ", "_") in skip:
             continue
         t0 = time.perf_counter()
+        options = dict(options)
+        if options.pop("checkpoint", "last") == "best-rollout":
+            if not learning_curve(run_dir):
+                continue  # trained without in-training rollouts: nothing to choose by
+            options["step"] = best_rollout_step(run_dir)
         metrics, _, _ = evaluate_run(
             run_dir, episodes=EVAL_EPISODES[task], seed=EVAL_SEED, progress=False, **options
         )
@@ -388,6 +400,13 @@ def markdown(task: str, cells: list[dict]) -> str:
     if checkpoints == {"last"}:
         notes.append("Every number is the last checkpoint's, with EMA parameters.")
     notes += [f"{c['variant']} seed {c['seed']}: {c['note']}." for c in cells if c.get("note")]
+    chosen = [f"{c['variant']} seed {c['seed']}: {e['checkpoint']}" for c in cells
+              for label, e in c["eval"].items() if label.endswith("best-rollout")
+              and label.startswith("ddim 10 ah4")]  # fmt: skip
+    if chosen:
+        notes.append("best-rollout: the kept checkpoint with the best in-training rollout score "
+                     "(50 episodes from seed 200000, DDIM 10, the policy's own chunk length); "
+                     + "; ".join(chosen) + ".")  # fmt: skip
     return "\n".join(lines + notes) + "\n"
 
 
@@ -412,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         "--add-evals",
         action="store_true",
         help="evaluate recorded cells of --variants with the evaluations they lack (e.g. a "
-        "sampler added to EVAL_SAMPLERS), without retraining",
+        "sampler added to EVALUATIONS), without retraining",
     )
     args = parser.parse_args(argv)
     if args.list:

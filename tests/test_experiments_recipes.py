@@ -112,6 +112,7 @@ def test_an_interrupted_cell_resumes_its_run_instead_of_retraining(tmp_path, mon
             "rollout_every=4", "rollout_episodes=4", "policy.num_inference_steps=2",
             "policy.hidden_dims=(32,32)"]  # fmt: skip
     monkeypatch.setitem(recipes.VARIANTS["cup"], "tiny", ("a tiny run", tuple(tiny)))
+    real_evaluate_cell = recipes.evaluate_cell
     monkeypatch.setattr(recipes, "evaluate_cell", lambda *a, **k: {})
     from dpjax.config import apply_overrides
 
@@ -141,6 +142,15 @@ def test_an_interrupted_cell_resumes_its_run_instead_of_retraining(tmp_path, mon
     assert "dpjax train" in again["note"] and 0.0 < again["train_seconds"] < cell["train_seconds"]
     page = recipes.markdown("cup", [again])
     assert "tiny seed 0: trained by `dpjax train`" in page
+    # Evaluating on the checkpoint the in-training rollouts chose, and saying which it was.
+    from dpjax.commands.eval import best_rollout_step
+
+    monkeypatch.setitem(recipes.EVALUATIONS, "cup", (("ddim", 2, None, "best-rollout"),))
+    monkeypatch.setitem(recipes.EVAL_EPISODES, "cup", 4)
+    evals = real_evaluate_cell("cup", run_dir, "diffusion")
+    (label,) = evals
+    assert label == "ddim 2 best-rollout"
+    assert f"(step {best_rollout_step(run_dir)})" in evals[label]["checkpoint"]
     pytest.importorskip("matplotlib")
     recipes.save("cup", [again], tmp_path / "results")
     assert (tmp_path / "results" / "cup_curves.png").stat().st_size > 5_000
