@@ -1,4 +1,5 @@
-"""dpjax's gradient clipping is optax's maths in a form XLA:CPU runs twice as fast."""
+"""The optimizer: dpjax's gradient clipping (optax's maths in a form XLA:CPU runs twice as
+fast), the EMA warmup and the learning-rate schedule against their formulas."""
 
 import jax
 import jax.numpy as jnp
@@ -64,3 +65,37 @@ def test_optimizer_trajectory_matches_the_optax_chain():
     moved = max(jax.tree.leaves(deltas))
     assert moved > 1e-3  # the trajectory really moved
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), p_ours, p_ref)
+
+
+def test_ema_decay_follows_diffusion_policys_warmup_formula():
+    """EMAModel.get_decay of Diffusion Policy (update_after_step 0): with s = step - 1,
+    0 for s <= 0, else min(1 - (1 + s / inv_gamma)^-power, max_decay)."""
+    config = T.OptimConfig()  # power 0.75, inv_gamma 1, max 0.9999
+
+    def formula(step: int) -> float:
+        s = step - 1
+        return 0.0 if s <= 0 else min(1.0 - (1.0 + s) ** -0.75, 0.9999)
+
+    steps = [0, 1, 2, 3, 10, 100, 1000, 10_000, 300_000]
+    ours = [float(T.ema_decay(config, jnp.asarray(s))) for s in steps]
+    np.testing.assert_allclose(ours, [formula(s) for s in steps], rtol=1e-6, atol=1e-7)
+    assert ours[-1] == pytest.approx(0.9999)  # capped
+    slower = T.OptimConfig(ema_power=2 / 3, ema_inv_gamma=2.0)
+    assert float(T.ema_decay(slower, jnp.asarray(11))) == pytest.approx(1 - 6.0 ** (-2 / 3))
+
+
+def test_learning_rate_is_linear_warmup_then_cosine_to_zero():
+    config = T.OptimConfig(learning_rate=3e-4, warmup_steps=100)
+    schedule = T.learning_rate_schedule(config, 1000)
+
+    def formula(s: int) -> float:
+        if s < 100:
+            return 3e-4 * s / 100
+        return 3e-4 * 0.5 * (1 + np.cos(np.pi * (s - 100) / 900))
+
+    steps = [0, 1, 50, 99, 100, 101, 400, 550, 999, 1000]
+    np.testing.assert_allclose([float(schedule(s)) for s in steps],
+                               [formula(s) for s in steps], rtol=1e-5, atol=1e-9)  # fmt: skip
+    # A run shorter than its warmup still reaches its peak learning rate before it ends.
+    short = T.learning_rate_schedule(config, 10)
+    assert float(short(9)) == pytest.approx(3e-4)
