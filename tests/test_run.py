@@ -166,6 +166,10 @@ for devices in (1, 8):
     state = T.init_train_state(policy.init(jax.random.key(0)), tx, jax.random.key(1))
     state, data = T.put_replicated(state, mesh), T.put_replicated(host_data, mesh)
     step = T.make_train_step(policy.loss, tx, optim, mesh, 32, 6)
+    if devices == 8:  # the compiled program really splits the batch and sums the gradients
+        hlo = step.lower(state, data).compile().as_text()
+        print("ALLREDUCE", hlo.count("all-reduce("), "LOCALBATCH", hlo.count("f32[4,8,2]"),
+              "GLOBALBATCH", hlo.count("f32[32,8,2]"))
     for _ in range(6):
         state, metrics = step(state, data)
     results.append(jax.device_get(state.params))
@@ -192,6 +196,11 @@ def test_8_devices_match_1_device():
     _, maxdiff, _, scale, _, moved = line.split()
     assert float(moved) > 1e-3  # training really changed the parameters
     assert float(maxdiff) < 1e-5 * max(1.0, float(scale)), line
+    # Equal parameters would also come from a step that never shards: the 8-device program
+    # holds per-device batches of 32 / 8 windows (actions (4, 8, 2)) and all-reduces.
+    line = next(x for x in out.stdout.splitlines() if x.startswith("ALLREDUCE"))
+    _, all_reduces, _, local, _, global_ = line.split()
+    assert int(all_reduces) > 0 and int(local) > 0, line
 
 
 def test_unknown_config_lists_only_experiment_files_that_define_config():
