@@ -190,12 +190,12 @@ def evaluate_cell(task: str, run_dir: Path, kind: str, skip=()) -> dict[str, Any
     return out
 
 
-TRAIN_SECONDS_FILE = "recipe_train_seconds"  # wall seconds of training, summed over sittings
+CELL_MARKER = "recipe_cell"  # written into a run dir this script trains, before training
 
 
-def resumable(run_dir: Path, config) -> bool:
-    """Whether `run_dir` holds an interrupted (or finished) run of exactly `config`: then the
-    cell continues it from its last checkpoint rather than training again from scratch."""
+def resumable(run_dir: Path, config) -> int | None:
+    """The last checkpoint's step if `run_dir` holds an interrupted (or finished) run of exactly
+    `config` (the cell then continues it rather than training again from scratch), else None."""
     from dpjax.checkpoint import Checkpointer
     from dpjax.config import to_dict
     from dpjax.errors import DpjaxError
@@ -204,12 +204,12 @@ def resumable(run_dir: Path, config) -> bool:
     try:
         same = to_dict(load_run_config(run_dir)) == to_dict(config)
     except (DpjaxError, OSError):
-        return False
+        return None
     if not same:
-        return False
+        return None
     checkpointer = Checkpointer(run_dir, max_to_keep=config.max_to_keep)
     try:
-        return checkpointer.latest_step() is not None
+        return checkpointer.latest_step()
     finally:
         checkpointer.close()
 
@@ -222,15 +222,16 @@ def last_logged(run_dir: Path, name: str) -> float | None:
 
 
 def logged_train_seconds(run_dir: Path) -> float:
-    """Wall seconds of a run from its metrics log: first to last record, plus the steps before
-    the first record at the first record's speed (compilation not counted)."""
+    """Seconds spent in training steps, over every sitting, from the run's metrics log: each
+    record's steps since the previous one at its logged speed (compilation, validation and
+    rollouts not counted, nor the time between sittings)."""
     from dpjax.logs import read_metrics
 
-    records = read_metrics(run_dir)
-    if not records:
-        return 0.0
-    first, last = records[0], records[-1]
-    return last["time"] - first["time"] + first["step"] / max(first["steps_per_sec"], 1e-9)
+    seconds, previous = 0.0, 0
+    for record in read_metrics(run_dir):
+        seconds += (record["step"] - previous) / max(record["steps_per_sec"], 1e-9)
+        previous = record["step"]
+    return seconds
 
 
 CURVE_KEYS = ("step", "rollout_score", "rollout_success", "val_loss")
@@ -293,22 +294,22 @@ def run_cell(task, variant, seed, dataset, work, log) -> dict[str, Any]:
     _, overrides = VARIANTS[task][variant]
     config = apply_overrides(base_config(task, dataset, seed), overrides)
     run_dir = work / task / variant / f"seed{seed}"
-    resume = resumable(run_dir, config)
+    start = resumable(run_dir, config)
+    resume = start is not None
     log(f"{task}/{variant} seed {seed}: training {config.num_steps} steps -> {run_dir}"
-        + (" (resuming)" if resume else ""))  # fmt: skip
+        + (f" (resuming at step {start})" if resume else ""))  # fmt: skip
     t0 = time.perf_counter()
-    seconds_file = run_dir / TRAIN_SECONDS_FILE
     note = None
-    before = 0.0
-    if resume and seconds_file.exists():
-        before = float(seconds_file.read_text())
-    elif resume:  # trained by `dpjax train` with this very config, not by this script
-        before = logged_train_seconds(run_dir)
-        note = ("trained by `dpjax train` with this config, then evaluated here; train seconds "
-                "from its metrics log")  # fmt: skip
+    if resume:
+        note = (f"resumed at step {start}" if (run_dir / CELL_MARKER).exists() else
+                "trained by `dpjax train` with this config, then evaluated here")  # fmt: skip
+        note += "; train minutes: time in training steps, from its metrics log"
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / CELL_MARKER).write_text(f"{variant} seed {seed}\n")
     train(config, run_dir, resume=resume, overwrite=not resume)
-    train_seconds = before + time.perf_counter() - t0
-    seconds_file.write_text(f"{train_seconds:.1f}\n")
+    # Wall time when trained here in one go; across sittings, the log's time in steps.
+    train_seconds = logged_train_seconds(run_dir) if resume else time.perf_counter() - t0
     log(f"{task}/{variant} seed {seed}: evaluating")
     return {
         **({"note": note} if note else {}),

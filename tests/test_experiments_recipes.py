@@ -118,28 +118,32 @@ def test_an_interrupted_cell_resumes_its_run_instead_of_retraining(tmp_path, mon
 
     config = apply_overrides(recipes.base_config("cup", data, 0), tiny)
     run_dir = tmp_path / "work" / "cup" / "tiny" / "seed0"
-    assert not recipes.resumable(run_dir, config)  # nothing there yet
+    assert recipes.resumable(run_dir, config) is None  # nothing there yet
+    run_dir.mkdir(parents=True)
+    (run_dir / recipes.CELL_MARKER).write_text("tiny seed 0\n")  # as run_cell starts a cell
     train(config, run_dir, progress=False, stop_at_step=4)  # interrupted at step 4
-    assert recipes.resumable(run_dir, config)
-    assert not recipes.resumable(run_dir, apply_overrides(config, ["seed=1"]))
-    (run_dir / recipes.TRAIN_SECONDS_FILE).write_text("100.0\n")  # the first sitting's time
+    assert recipes.resumable(run_dir, config) == 4
+    assert recipes.resumable(run_dir, apply_overrides(config, ["seed=1"])) is None
 
     cell = recipes.run_cell("cup", "tiny", 0, data, tmp_path / "work", log=lambda *_: None)
     steps = [r["step"] for r in read_metrics(run_dir)]
     assert steps == [2, 4, 6, 8]  # continued from 4: steps 2 and 4 were not logged twice
-    assert cell["train_seconds"] > 100.0 and cell["train_steps"] == 8
+    assert cell["train_steps"] == 8 and cell["note"].startswith("resumed at step 4")
+    # Both sittings' time in training steps, as logged.
+    logged = sum((r["step"] - p) / r["steps_per_sec"]
+                 for r, p in zip(read_metrics(run_dir), [0, *steps[:-1]], strict=True))  # fmt: skip
+    assert cell["train_seconds"] == pytest.approx(logged, abs=0.1) and logged > 0
     assert cell["final_loss"] == read_metrics(run_dir)[-1]["loss"]
-    assert "note" not in cell  # trained (in two sittings) by this script
     # The learning curve: the rollouts of both sittings, each with its validation loss.
     assert [p["step"] for p in cell["curve"]] == [4, 8]
     assert all(0.0 <= p["rollout_score"] <= 1.0 and p["val_loss"] > 0 for p in cell["curve"])
 
-    # A run that `dpjax train` made with the same config is evaluated, not retrained, and the
-    # cell says so, with the training time read from the run's own metrics log.
-    (run_dir / recipes.TRAIN_SECONDS_FILE).unlink()
+    # A run that `dpjax train` made with the same config (no cell marker) is evaluated, not
+    # retrained, and the cell says so.
+    (run_dir / recipes.CELL_MARKER).unlink()
     again = recipes.run_cell("cup", "tiny", 0, data, tmp_path / "work", log=lambda *_: None)
     assert [r["step"] for r in read_metrics(run_dir)] == steps
-    assert "dpjax train" in again["note"] and 0.0 < again["train_seconds"] < cell["train_seconds"]
+    assert "dpjax train" in again["note"] and again["train_seconds"] == cell["train_seconds"]
     page = recipes.markdown("cup", [again])
     assert "tiny seed 0: trained by `dpjax train`" in page
     # Evaluating on the checkpoint the in-training rollouts chose, and saying which it was.
