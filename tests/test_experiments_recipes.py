@@ -159,3 +159,22 @@ def test_an_interrupted_cell_resumes_its_run_instead_of_retraining(tmp_path, mon
     recipes.save("cup", [again], tmp_path / "results")
     assert (tmp_path / "results" / "cup_curves.png").stat().st_size > 5_000
     assert "![learning curves](cup_curves.png)" in (tmp_path / "results" / "cup.md").read_text()
+
+    # experiments/checkpoint_curve.py on the same run: every kept checkpoint on the test
+    # seeds, beside the in-training rollout score logged at that step.
+    sys.path.insert(0, str(EXPERIMENTS))
+    spec = importlib.util.spec_from_file_location("checkpoint_curve",
+                                                  EXPERIMENTS / "checkpoint_curve.py")  # fmt: skip
+    curve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(curve)
+    argv = [str(run_dir), "--steps", "2", "--episodes", "4", "--name", "tiny_checkpoints",
+            "--results", str(tmp_path / "results")]  # fmt: skip
+    assert curve.main(argv) == 0
+    saved = json.loads((tmp_path / "results" / "tiny_checkpoints.json").read_text())
+    points = saved["curves"][str(run_dir)]
+    assert [p["step"] for p in points] == [4, 8]
+    assert [p["rollout_score"] for p in points] == [p["rollout_score"] for p in cell["curve"]]
+    assert all(0.0 <= p["score"] <= 1.0 for p in points)
+    page = (tmp_path / "results" / "tiny_checkpoints.md").read_text()
+    assert f"| {run_dir} | 8" in page and "(best)" in page
+    assert curve.main(["/nonexistent/run", "--results", str(tmp_path / "results")]) == 2
