@@ -9,6 +9,7 @@ import pytest
 from dpjax import cli
 from dpjax.config import config_names, load_config_file
 from dpjax.errors import ConfigError
+from dpjax.logs import read_metrics
 from dpjax.run import TrainConfig
 
 
@@ -37,12 +38,15 @@ def test_pusht_recipe_trains_and_evaluates_end_to_end(tmp_path, capsys, config_n
     data, run = tmp_path / "data", tmp_path / "run"
     assert cli.main(["collect", "pusht", "--episodes", "2", "--out", str(data),
                      "--task-option", f"obs_type={obs_type}"]) == 0  # fmt: skip
+    # The recipes roll out in training (their last step included): 2 episodes here.
     sets = [f"dataset={data}", "num_steps=3", "batch_size=8", "log_every=1", "eval_every=3",
-            "checkpoint_every=3", "val_fraction=0.5"]  # fmt: skip
+            "checkpoint_every=3", "val_fraction=0.5", "rollout_episodes=2"]  # fmt: skip
     argv = ["train", config_name, "--out", str(run)]
     for s in sets:
         argv += ["--set", s]
     assert cli.main(argv) == 0
+    (last,) = [r for r in read_metrics(run) if r["step"] == 3]
+    assert 0.0 <= last["rollout_score"] <= 1.0
     assert cli.main(["eval", str(run), "--episodes", "2", "--steps", "2"]) == 0
     printed = capsys.readouterr().out
     assert "mean_max_reward" in printed
