@@ -264,7 +264,7 @@ def plot_curves(task: str, cells: list[dict], path: Path) -> Path | None:
         if all("val_loss" in p for p in cell["curve"]):
             bottom.plot(steps, [p["val_loss"] for p in cell["curve"]], marker="o", label=label)
     top.set_ylabel("rollout score\n(50 episodes, seeds 200000...)")
-    top.set_title(f"{task}: closed loop keeps improving after validation loss turns")
+    top.set_title(f"{task}: in-training closed-loop score and validation loss")
     top.grid(alpha=0.3)
     top.legend(fontsize=8)
     bottom.set_ylabel("validation loss (EMA)")
@@ -473,7 +473,8 @@ def main(argv: list[str] | None = None) -> int:
             # Written after every cell, so an interrupted sweep keeps what it finished.
             save(args.task, cells, args.results)
             log(f"{args.task}/{variant} seed {seed}: {json.dumps(cell['eval'])[:300]}")
-    if cells:
+    if cells:  # also redraws the page and figure from the recorded cells (no --variants)
+        save(args.task, cells, args.results)
         print(markdown(args.task, cells))
     return 0
 
