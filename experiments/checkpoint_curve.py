@@ -119,20 +119,21 @@ def main(argv: list[str] | None = None) -> int:
     log = common.Progress()
     options = {"sampler": args.sampler, "steps": args.steps,
                "action_horizon": args.action_horizon}  # fmt: skip
+    previous = Path(args.results) / f"{args.name}.json"
+    kept = {"curves": {}}
+    if args.add and previous.exists():  # checked before any evaluation is spent
+        kept = json.loads(previous.read_text())
+        if kept["options"] != options:
+            print(f"error: {previous} was evaluated with {kept['options']}, not {options}",
+                  file=sys.stderr)  # fmt: skip
+            return 2
     try:
         curves = {run: evaluate_checkpoints(Path(run), options, args.episodes, log)
                   for run in args.runs}  # fmt: skip
     except DpjaxError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    previous = Path(args.results) / f"{args.name}.json"
-    if args.add and previous.exists():
-        kept = json.loads(previous.read_text())
-        if kept["options"] != options:
-            print(f"error: {previous} was evaluated with {kept['options']}, not {options}",
-                  file=sys.stderr)  # fmt: skip
-            return 2
-        curves = {**{r: c for r, c in kept["curves"].items() if r not in curves}, **curves}
+    curves = {**{r: c for r, c in kept["curves"].items() if r not in curves}, **curves}
     setting = ", ".join(f"{k} {v}" for k, v in options.items() if v is not None) or "defaults"
     body = table(curves)
     record = common.provenance(script=__file__, argv=argv, size="full",
