@@ -178,3 +178,11 @@ def test_an_interrupted_cell_resumes_its_run_instead_of_retraining(tmp_path, mon
     page = (tmp_path / "results" / "tiny_checkpoints.md").read_text()
     assert f"| {run_dir} | 8" in page and "(best)" in page
     assert curve.main(["/nonexistent/run", "--results", str(tmp_path / "results")]) == 2
+    # --add with a run already on the page replaces it (no duplicate); other options than
+    # the page's are refused before any evaluation.
+    assert curve.main([*argv[:1], *argv[1:], "--add"]) == 0
+    assert list(json.loads((tmp_path / "results" / "tiny_checkpoints.json").read_text())
+                ["curves"]) == [str(run_dir)]  # fmt: skip
+    other = [str(run_dir), "--steps", "3", "--episodes", "4", "--name", "tiny_checkpoints",
+             "--results", str(tmp_path / "results"), "--add"]  # fmt: skip
+    assert curve.main(other) == 2

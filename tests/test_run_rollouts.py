@@ -24,7 +24,12 @@ def test_rollouts_during_training_are_logged_and_choose_the_checkpoint(tmp_path,
         ["rollout_every=12", "rollout_episodes=8", "checkpoint_every=10", "eval_every=10",
          "log_every=5", "max_to_keep=5"],
     )  # fmt: skip
+    compiled_before = evaluate._multimodal_program.cache_info()
     train(config, run, progress=False)
+    compiled = evaluate._multimodal_program.cache_info()
+    # Three rollouts of one policy at one setting: one compiled program, reused twice.
+    assert compiled.misses - compiled_before.misses == 1
+    assert compiled.hits - compiled_before.hits == 2
     records = read_metrics(run)
     scored = {r["step"]: r for r in records if "rollout_score" in r}
     assert sorted(scored) == [12, 24, 30]  # every rollout_every steps, and the last
