@@ -108,6 +108,44 @@ def test_collect_uses_a_batched_collector(tmp_path, capsys, only_data_commands, 
     assert "kept 2/3" in capsys.readouterr().out
 
 
+def test_execution_noise_perturbs_the_states_and_records_the_experts_own_action(
+    tmp_path, capsys, only_data_commands, monkeypatch
+):
+    """DART: the executed action is noisy, the recorded one is what the expert said."""
+    expert = make_fake_task().make_expert(None, 0)
+    # A far goal: ~20 steps an episode, enough to measure the noise's spread.
+    task = dataclasses.replace(make_fake_task(goal=6.0, max_episode_steps=40))
+    monkeypatch.setattr("dpjax.commands.collect.resolve_task", lambda name, options: task)
+    out = tmp_path / "dart"
+    args = ["collect", "fake", "--episodes", "2", "--out", str(out), "--execution-noise", "0.05"]
+    assert cli.main(args) == 0
+    capsys.readouterr()
+    dataset = load_dataset(out)
+    assert dataset.stats.info["collection"]["execution_noise"] == 0.05
+    for i in range(len(dataset)):
+        steps = dataset[i]["steps"]
+        states, actions = steps["observation"]["state"], steps["action"]
+        labels = np.stack([expert({"state": s}) for s in states])
+        np.testing.assert_allclose(actions, labels, atol=1e-6)  # the clean label
+        moved = states[1:, 0] - states[:-1, 0]
+        # The states followed the noisy actions: not the recorded ones.
+        executed_noise = moved - actions[:-1, 0]
+        assert 0.02 < executed_noise.std() < 0.1
+
+    # --action-noise instead records what it executes: labels differ from the expert's.
+    episode = rollout_expert(task, 0, action_noise=0.05)
+    states, actions = episode["steps"]["observation"]["state"], episode["steps"]["action"]
+    np.testing.assert_allclose(states[1:, 0] - states[:-1, 0], actions[:-1, 0], atol=1e-5)
+    labels = np.stack([expert({"state": s}) for s in states])
+    assert np.abs(actions - labels).max() > 0.01
+
+    bad = ["collect", "fake", "--episodes", "1", "--out", str(tmp_path / "x")]
+    assert cli.main([*bad, "--execution-noise", "-1"]) == 2
+    assert "--execution-noise must be >= 0" in capsys.readouterr().err
+    assert cli.main([*bad, "--action-noise", "nan"]) == 2
+    assert "--action-noise must be >= 0" in capsys.readouterr().err
+
+
 def test_cli_errors(tmp_path, capsys, only_data_commands):
     (tmp_path / "empty").mkdir()
     assert cli.main(["data", "info", str(tmp_path / "empty")]) == 2

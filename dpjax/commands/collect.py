@@ -36,7 +36,17 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, help="dataset directory to create")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first episode")
     parser.add_argument(
-        "--action-noise", type=float, default=0.0, help="std of Gaussian noise on expert actions"
+        "--action-noise",
+        type=float,
+        default=0.0,
+        help="std of Gaussian noise on the expert's actions, executed and recorded",
+    )
+    parser.add_argument(
+        "--execution-noise",
+        type=float,
+        default=0.0,
+        help="std of Gaussian noise on the executed action only; the expert's own action is "
+        "recorded (DART: demonstrations of getting back on track)",
     )
     parser.add_argument(
         "--task-option",
@@ -102,13 +112,19 @@ def resolve_task(name: str, options: dict[str, Any] | None = None):
     return make_task(name, **options)
 
 
-def expert_episodes(task, num_episodes: int, seed: int, action_noise: float) -> Iterator[Any]:
-    """The task's batched collector in chunks where it has one, else one rollout at a time."""
+def expert_episodes(
+    task, num_episodes: int, seed: int, action_noise: float, execution_noise: float = 0.0
+) -> Iterator[Any]:
+    """The task's batched collector in chunks where it has one, else one rollout at a time.
+
+    Execution noise always takes the one-at-a-time path: batched collectors record what they
+    execute.
+    """
     collector = getattr(task, "collect_episodes", None)
-    if not callable(collector):
+    if not callable(collector) or execution_noise > 0:
         from dpjax.envs.base import iter_expert_episodes
 
-        yield from iter_expert_episodes(task, num_episodes, seed, action_noise)
+        yield from iter_expert_episodes(task, num_episodes, seed, action_noise, execution_noise)
         return
     for start in range(0, num_episodes, _COLLECT_CHUNK):
         count = min(_COLLECT_CHUNK, num_episodes - start)
@@ -122,6 +138,7 @@ def collect(
     episodes: int,
     seed: int = 0,
     action_noise: float = 0.0,
+    execution_noise: float = 0.0,
     overwrite: bool = False,
     task_options: dict[str, Any] | None = None,
     progress: bool = True,
@@ -139,11 +156,14 @@ def collect(
 
     if episodes < 1:
         raise ConfigError("--episodes must be >= 1")
+    for flag, value in (("--action-noise", action_noise), ("--execution-noise", execution_noise)):
+        if not value >= 0:  # also refuses NaN
+            raise ConfigError(f"{flag} must be >= 0, got {value}")
     counts = {"attempted": 0, "kept": 0, "steps": 0, "expert_s": 0.0}
     start = time.perf_counter()
 
     def successful() -> Iterator[Any]:
-        stream = expert_episodes(task, episodes, seed, action_noise)
+        stream = expert_episodes(task, episodes, seed, action_noise, execution_noise)
         bar = tqdm(total=episodes, unit="ep", desc=f"collect {task.name}", disable=not progress)
         with bar:
             while True:
@@ -168,6 +188,7 @@ def collect(
             "expert": task.expert_name,
             "seed": seed,
             "action_noise": action_noise,
+            "execution_noise": execution_noise,
             "episodes_attempted": counts["attempted"],
             "episodes_kept": counts["kept"],
             "expert_success_rate": counts["kept"] / max(counts["attempted"], 1),
@@ -197,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
         episodes=args.episodes,
         seed=args.seed,
         action_noise=args.action_noise,
+        execution_noise=args.execution_noise,
         overwrite=args.overwrite,
         task_options=options,
     )

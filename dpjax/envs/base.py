@@ -74,11 +74,16 @@ class Task:
     collect_episodes: Callable[..., list[Episode]] | None = None
 
 
-def rollout_expert(task: Task, seed: int, action_noise: float = 0.0) -> Episode:
+def rollout_expert(
+    task: Task, seed: int, action_noise: float = 0.0, execution_noise: float = 0.0
+) -> Episode:
     """Runs the scripted expert for one episode and returns it in the `Episode` layout.
 
-    `action_noise` adds N(0, action_noise^2) to the executed action (and the recorded one),
-    for demo diversity. The episode ends at success, termination or `max_episode_steps`.
+    `action_noise` adds N(0, action_noise^2) to the executed action and the recorded one, for
+    demo diversity. `execution_noise` adds N(0, execution_noise^2) to the executed action only:
+    the recorded label stays the expert's own action, so the demonstrations visit states off
+    the expert's path and say how it gets back (DART, Laskey et al. 2017). The episode ends at
+    success, termination or `max_episode_steps`.
     """
     env = task.make_env(seed)
     rng = np.random.default_rng(seed)
@@ -92,9 +97,13 @@ def rollout_expert(task: Task, seed: int, action_noise: float = 0.0) -> Episode:
             action = np.asarray(expert(obs), dtype=np.float32)
             if action_noise > 0:
                 action = action + rng.normal(0.0, action_noise, action.shape).astype(np.float32)
+            executed = action
+            if execution_noise > 0:
+                noise = rng.normal(0.0, execution_noise, action.shape).astype(np.float32)
+                executed = action + noise
             observations.append(obs)
             actions.append(action)
-            obs, reward, terminated, truncated, info = env.step(action)
+            obs, reward, terminated, truncated, info = env.step(executed)
             rewards.append(float(reward))
             mode = int(info.get("mode", mode))
             success = success or bool(info.get("success", False))
@@ -146,8 +155,12 @@ def make_episode(
 
 
 def iter_expert_episodes(
-    task: Task, num_episodes: int, seed: int = 0, action_noise: float = 0.0
+    task: Task,
+    num_episodes: int,
+    seed: int = 0,
+    action_noise: float = 0.0,
+    execution_noise: float = 0.0,
 ) -> Iterator[Episode]:
     """Episodes with seeds seed, seed+1, ...; callers filter on metadata['success']."""
     for i in range(num_episodes):
-        yield rollout_expert(task, seed + i, action_noise)
+        yield rollout_expert(task, seed + i, action_noise, execution_noise)
