@@ -108,13 +108,15 @@ def make_normalizer(keys: Sequence[str] = ("state",)):
 
 def make_pusht_policy(denoiser: str, dtype: str = "float32", **overrides):
     """A `DiffusionPolicy` in the PushT state shape with `denoiser`'s sizes (see DENOISERS)."""
+    from dpjax import config as config_lib
     from dpjax import policy as policy_lib
+    from dpjax.data.features import ArraySpec
 
     config_dtype = "bfloat16" if dtype == "bfloat16" else "float32"
-    config = policy_lib.PolicyConfig(
+    config = config_lib.PolicyConfig(
         **PUSHT, **DENOISERS[denoiser], dtype=config_dtype, **overrides
     )
-    spec = {"state": policy_lib.ArraySpec((STATE_DIM,), "float32")}
+    spec = {"state": ArraySpec((STATE_DIM,), "float32")}
     return policy_lib.make_policy(config, make_normalizer(), spec)
 
 

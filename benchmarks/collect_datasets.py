@@ -3,7 +3,7 @@
     python benchmarks/collect_datasets.py [--episodes 100] [--pixel-episodes 10] \
         [--tasks multimodal,pusht,pusht-pixels,metaworld-push-v3] [--out-dir DIR]
 
-Each task goes through `dpjax.commands.collect.collect`, the function `dpjax collect` runs
+Each task goes through `dpjax.envs.collect.collect`, the function `dpjax collect` runs
 (seeds 0 .. N-1, successful episodes kept, written atomically as TFDS array_record), then the
 dataset is read back with `load_dataset`. Prints a Markdown table.
 
@@ -25,8 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from dpjax.commands.collect import collect, resolve_task
 from dpjax.data import load_dataset
+from dpjax.envs.collect import collect, resolve_task
 from dpjax.machine import cpu_model, package_version
 
 # label -> (task name, task options). Meta-World demos get small action noise for diversity,

@@ -75,7 +75,7 @@ def unet_rows(batch: int, budget: float):
 
     x, t = jnp.zeros((batch, 16, 2)), jnp.zeros((batch,), jnp.int32)
     cond = jnp.zeros((batch, 36))
-    model = ConditionalUnet1D(action_dim=2, global_cond_dim=36)
+    model = ConditionalUnet1D(action_dim=2, cond_dim=36)
     params = numpy_params(model, x, t, cond)
     # lax convs at batch 64 take minutes per call here; measured at batch 1 only
     for impl in ("matmul", "lax") if batch == 1 else ("matmul",):

@@ -78,7 +78,7 @@ def denoiser_call_cost(policy, params, batch: int) -> tuple[float, float]:
     import jax
     import jax.numpy as jnp
 
-    from dpjax.policy import PolicyNetwork
+    from dpjax.policy.policies import PolicyNetwork
 
     c = policy.config
     obs = {k: jnp.asarray(v) for k, v in _common.observation(batch).items()}

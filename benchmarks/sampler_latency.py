@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.methods, args.steps = ["ddim", "dpmsolver++"], [1, 10, 100]
     schedule = schedules.make_schedule("squaredcos_cap_v2", max(1000, max(args.steps)))
-    model = MLPDenoiser(action_dim=ACTION_DIM, action_horizon=ACTION_HORIZON, cond_dim=COND_DIM)
+    model = MLPDenoiser(action_dim=ACTION_DIM, pred_horizon=ACTION_HORIZON, cond_dim=COND_DIM)
     params = model.init(
         jax.random.key(0),
         jnp.zeros((1, ACTION_HORIZON, ACTION_DIM)),

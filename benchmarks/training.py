@@ -1,6 +1,6 @@
 """Training throughput: steps/s and samples/s of dpjax's real train step for each denoiser.
 
-The step is `dpjax.train.make_train_step` (what `dpjax train` runs): window sampling on device,
+The step is `dpjax.training.step.make_train_step` (what `dpjax train` runs): window sampling on device,
 observation encoder, diffusion loss, gradients, global-norm clipping, AdamW, EMA, with the
 train state donated, over a mesh of `--devices` devices. Policies are in the PushT state shape
 (see _common.py); the data are random PushT-shaped episodes. Device counts above the
@@ -47,10 +47,10 @@ CLIPS = ("dpjax", "optax")
 
 
 def make_optimizer(optim, clip: str):
-    """`dpjax.train.make_optimizer` (10,000-step schedule) with dpjax's or optax's clipping."""
+    """`dpjax.training.step.make_optimizer` (10,000-step schedule) with dpjax's or optax's clipping."""
     import optax
 
-    from dpjax import train as train_lib
+    from dpjax.training import step as train_lib
 
     clip_fn = optax.clip_by_global_norm if clip == "optax" else train_lib.clip_by_global_norm
     return train_lib.make_optimizer(optim, 10_000, clip=clip_fn)
@@ -88,17 +88,18 @@ def make_step(
 ):
     """(step, state, data, policy): dpjax's jitted train step and its inputs, placed on the mesh.
 
-    `clip`: "dpjax" (dpjax.train.clip_by_global_norm, what `dpjax train` runs) or "optax"
+    `clip`: "dpjax" (dpjax.training.step.clip_by_global_norm, what `dpjax train` runs) or "optax"
     (optax.clip_by_global_norm: same maths, the comparison for CLIPS)."""
     import jax
 
-    from dpjax import train as train_lib
+    from dpjax import config as config_lib
     from dpjax.data import make_window_data
+    from dpjax.training import step as train_lib
 
     policy = _common.make_pusht_policy(denoiser, dtype)
     c = policy.config
     mesh = train_lib.make_mesh(devices)
-    optim = train_lib.OptimConfig()
+    optim = config_lib.OptimConfig()
     tx = make_optimizer(optim, clip)
     params = policy.init(jax.random.key(0))
     state = train_lib.put_replicated(
@@ -155,9 +156,10 @@ def bench_update(denoiser: str, clip: str, seconds: float) -> dict:
     import jax
     import optax
 
-    from dpjax import train as train_lib
+    from dpjax import config as config_lib
+    from dpjax.training import step as train_lib
 
-    optim = train_lib.OptimConfig()
+    optim = config_lib.OptimConfig()
     tx = make_optimizer(optim, clip)
     params = _common.make_pusht_policy(denoiser).init(jax.random.key(0))
     grads = jax.tree.map(lambda p: 0.01 * p + 1.0, params)  # norm far above max_grad_norm
@@ -238,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['step_s']:.3f} s/step "
                       f"(min {r['min_step_s']:.3f}) compile {r['compile_s']:.1f} s",
                       file=sys.stderr, flush=True)  # fmt: skip
-    print(_common.header("training step throughput (dpjax.train.make_train_step)", info))
+    print(_common.header("training step throughput (dpjax.training.step.make_train_step)", info))
     print(_common.markdown_table(COLUMNS, rows))
     _common.write_json(args.json, "training", args, rows)
     return 0

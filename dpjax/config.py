@@ -1,4 +1,8 @@
-"""Frozen-dataclass configs: loading from experiments/, `--set a.b=value` overrides, JSON.
+"""The configs a user edits, and how they are loaded, overridden and stored.
+
+`PolicyConfig` (architecture, objective, default inference), `OptimConfig` (AdamW, schedule,
+EMA) and `TrainConfig` (a run: dataset, policy, optimizer, steps, logging) are frozen
+dataclasses; an experiment is a Python file defining `CONFIG = TrainConfig(...)`.
 
 A config file is a Python file defining `CONFIG` (a frozen dataclass instance). Overrides
 address nested fields with dots and are parsed by the field's declared type, so a typo or
@@ -17,22 +21,154 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from dpjax.errors import ConfigError
+import jax.numpy as jnp
 
-EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
+from dpjax import samplers
+from dpjax.data.windows import check_horizons
+from dpjax.errors import ConfigError, unknown_name
+from dpjax.nets import DENOISERS
+
+POLICY_KINDS: tuple[str, ...] = ("diffusion", "bc")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyConfig:
+    """Everything that fixes a policy's architecture and its default inference."""
+
+    kind: str = "diffusion"
+    action_dim: int = 2
+    obs_horizon: int = 2
+    pred_horizon: int = 16
+    action_horizon: int = 8
+    # Observation encoder.
+    low_dim_keys: tuple[str, ...] = ("state",)
+    image_keys: tuple[str, ...] = ()
+    image_encoder: str = "resnet18"
+    crop_hw: tuple[int, int] | None = None
+    low_dim_features: int | None = 64
+    # Training-time augmentation: Gaussian noise of this std added to every normalized
+    # ([-1, 1]) low-dim observation, against overfitting a few hundred demonstrations.
+    obs_noise_std: float = 0.0
+    # Denoiser: "mlp" | "unet1d" | "transformer", and the sizes each one reads.
+    denoiser: str = "unet1d"
+    down_dims: tuple[int, ...] = (256, 512, 1024)
+    kernel_size: int = 5
+    n_groups: int = 8
+    step_embed_dim: int = 128
+    hidden_dims: tuple[int, ...] = (512, 512, 256)
+    width: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    causal: bool = False
+    dtype: str = "float32"
+    # Diffusion process and training objective.
+    num_train_timesteps: int = 100
+    beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: str = "epsilon"
+    timestep_sampling: str = "uniform"
+    loss_weighting: str = "none"
+    # Default inference (any sampler / step count can be chosen later without retraining).
+    # dpmsolver++: at 10 steps the closest of the ODE solvers to the 1000-step answer on the
+    # exact-denoiser test (tests/test_samplers.py: 0.13 against DDIM's 0.23).
+    sampler: str = "dpmsolver++"
+    num_inference_steps: int = 10
+    clip_sample: float | None = 1.0
+    timestep_spacing: str = "trailing"
+    eta: float = 0.0
+
+    def validate(self) -> None:
+        if self.kind not in POLICY_KINDS:
+            raise unknown_name("policy kind", self.kind, POLICY_KINDS)
+        if self.dtype not in DTYPES:
+            raise unknown_name("dtype", self.dtype, DTYPES)
+        check_horizons(self.obs_horizon, self.pred_horizon, self.action_horizon)
+        if self.obs_horizon - 1 + self.action_horizon > self.pred_horizon:
+            raise ConfigError(
+                f"obs_horizon - 1 + action_horizon ({self.obs_horizon - 1 + self.action_horizon})"
+                f" must be <= pred_horizon ({self.pred_horizon}): the executed actions start at "
+                "the current step, index obs_horizon - 1 of the predicted chunk"
+            )
+        if not self.low_dim_keys and not self.image_keys:
+            raise ConfigError("a policy needs at least one observation key")
+        if not self.obs_noise_std >= 0:
+            raise ConfigError(f"obs_noise_std must be >= 0, got {self.obs_noise_std}")
+        if self.kind == "diffusion" and self.denoiser not in DENOISERS:
+            raise unknown_name("denoiser", self.denoiser, DENOISERS)
+        if self.kind == "diffusion":
+            samplers.validate_options(self.sampler_options(), self.num_train_timesteps)
+
+    def sampler_options(self, **overrides) -> samplers.SamplerOptions:
+        fields = dict(
+            method=self.sampler,
+            num_inference_steps=self.num_inference_steps,
+            prediction_type=self.prediction_type,
+            clip_sample=self.clip_sample,
+            timestep_spacing=self.timestep_spacing,
+            eta=self.eta,
+        )
+        # None means "the config's" for the method and step count; for the other options
+        # (clip_sample=None: no clipping) it is a value.
+        unset = {k for k in ("method", "num_inference_steps") if overrides.get(k) is None}
+        fields.update({k: v for k, v in overrides.items() if k not in unset})
+        return samplers.SamplerOptions(**fields)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """Diffusion Policy's defaults: AdamW(1e-4, betas 0.95/0.999, wd 1e-6), warmup + cosine."""
+
+    learning_rate: float = 1e-4
+    b1: float = 0.95
+    b2: float = 0.999
+    weight_decay: float = 1e-6
+    warmup_steps: int = 500
+    max_grad_norm: float = 1.0
+    ema_power: float = 0.75
+    ema_max_decay: float = 0.9999
+    ema_inv_gamma: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    dataset: str = ""
+    policy: PolicyConfig = PolicyConfig()
+    optim: OptimConfig = OptimConfig()
+    seed: int = 0
+    batch_size: int = 64
+    num_steps: int = 1000
+    log_every: int = 50
+    eval_every: int = 250
+    checkpoint_every: int = 250
+    max_to_keep: int = 3
+    val_fraction: float = 0.05
+    val_batches: int = 4
+    num_devices: int | None = None
+    max_episodes: int | None = None
+    # Closed-loop rollouts of the EMA policy during training (0: never): every N steps (a
+    # checkpoint is saved there too), `rollout_episodes` episodes on the dataset's task from
+    # seed `rollout_seed`, apart from `dpjax eval`'s 100000.. so that choosing a checkpoint
+    # by them (`dpjax eval --best-rollout`) does not pick on the test episodes.
+    rollout_every: int = 0
+    rollout_episodes: int = 50
+    rollout_seed: int = 200_000
+
+
+# The shipped recipes (`dpjax.configs`): inside the package, so an installed dpjax has them.
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 
 
 def config_names() -> list[str]:
-    """experiments/*.py that define a CONFIG (the study scripts there do not)."""
+    """The shipped recipes: dpjax/configs/*.py that define a CONFIG."""
     return sorted(
         p.stem
-        for p in EXPERIMENTS_DIR.glob("*.py")
+        for p in CONFIGS_DIR.glob("*.py")
         if p.stem[0] != "_" and re.search(r"^CONFIG\b", p.read_text(), re.MULTILINE)
     )
 
 
 def load_config_file(path_or_name: str) -> Any:
-    """`CONFIG` from a .py file, or from experiments/<name>.py; "NAME:ATTR" takes the file's
+    """`CONFIG` from a .py file, or from the shipped dpjax/configs/<name>.py; "NAME:ATTR" takes the file's
     `ATTR` instead (e.g. "pusht_keypoints:PAPER", the paper-size recipe)."""
     attribute = "CONFIG"
     head, sep, tail = path_or_name.rpartition(":")
@@ -40,10 +176,10 @@ def load_config_file(path_or_name: str) -> Any:
         path_or_name, attribute = head, tail
     path = Path(path_or_name)
     if not path.suffix and not path.exists():
-        path = EXPERIMENTS_DIR / f"{path_or_name}.py"
+        path = CONFIGS_DIR / f"{path_or_name}.py"
     if not path.is_file():
         raise ConfigError(
-            f"no config file {path_or_name!r}; experiments: {', '.join(config_names())}"
+            f"no config file {path_or_name!r}; shipped configs: {', '.join(config_names())}"
         )
     spec = importlib.util.spec_from_file_location(f"dpjax_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)

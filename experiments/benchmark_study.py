@@ -4,9 +4,9 @@ multimodal cup task, PushT (state) and four Meta-World tasks, plus "grasp novel 
     python experiments/benchmark_study.py --quick    # ~15 min on 2 busy CPU cores, 1 seed
     python experiments/benchmark_study.py            # full: 200 demos, 10k steps, 3 seeds, 50 eps
 
-For each task: scripted-expert demonstrations (`dpjax.commands.collect.collect`, successful
+For each task: scripted-expert demonstrations (`dpjax.envs.collect.collect`, successful
 episodes kept), a diffusion policy and the BC baseline trained on them with the demo's recipe
-(`dpjax.commands.demo.demo_config`: seed MLP sizes, DDIM 10 steps; the task's action size),
+(`dpjax.configs.multimodal_diffusion.recipe`: seed MLP sizes, DDIM 10 steps; the task's action size),
 then closed-loop evaluation on held-out seeds (from 100000) with `dpjax.evaluate` (the
 multimodal task in one compiled program; simulators through `rollout_gym`, receding horizon).
 
@@ -121,8 +121,8 @@ def make_task(name: str, options) -> Any:
 
 def collect_dataset(ds: Dataset, episodes: int, work_dir: Path, log) -> tuple[Path, dict]:
     """The dataset's demos, reused from an earlier run with the same collection settings."""
-    from dpjax.commands.collect import collect
     from dpjax.data import load_dataset
+    from dpjax.envs.collect import collect
     from dpjax.errors import DataError
 
     path = work_dir / "data" / ds.key
@@ -156,9 +156,9 @@ def collect_dataset(ds: Dataset, episodes: int, work_dir: Path, log) -> tuple[Pa
 
 def train_config(dataset: Path, kind: str, action_dim: int, size: Size, seed: int, denoiser: str):
     """The demo's recipe, with this task's action size."""
-    from dpjax.commands.demo import demo_config
+    from dpjax.configs.multimodal_diffusion import recipe
 
-    config = demo_config(
+    config = recipe(
         dataset=dataset, kind=kind, denoiser=denoiser, num_steps=size.train_steps, seed=seed
     )
     return dataclasses.replace(
@@ -215,7 +215,8 @@ def evaluate_row(row: Row, task_name: str, policy, params, episodes: int) -> dic
 
 def run_dataset(ds: Dataset, size: Size, args, log) -> dict[str, Any]:
     """Collect, then train and evaluate every kind x seed on each row of this dataset."""
-    from dpjax.run import load_policy, train
+    from dpjax.policy import load_policy
+    from dpjax.training.loop import train
 
     episodes = size.pusht_demos if ds.task == "pusht" else size.demos
     t0 = time.perf_counter()
@@ -323,7 +324,7 @@ def markdown(data: dict) -> str:
         "its RL column is not trained here.",
         "",
         common.provenance_markdown(data["provenance"]),
-        "Each policy: the demo's recipe (`dpjax.commands.demo.demo_config`: "
+        "Each policy: the demo's recipe (`dpjax.configs.multimodal_diffusion.recipe`: "
         + ", ".join(f"{k} {v}" for k, v in data["recipe"].items())
         + f"); {size['eval_episodes']} closed-loop episodes per training seed on seeds "
         f"{EVAL_SEED}.., training seeds {list(size['seeds'])}. Success: pooled over seeds, "

@@ -35,15 +35,15 @@ def kept_steps(run_dir: Path) -> list[int]:
 
 def logged_at(run_dir: Path) -> dict[int, dict[str, float]]:
     """{step: the metrics record logged at that step}."""
-    from dpjax.logs import read_metrics
+    from dpjax.training.logs import read_metrics
 
     return {r["step"]: r for r in read_metrics(run_dir)}
 
 
 def evaluate_checkpoints(run_dir: Path, options: dict, episodes, log) -> list[dict[str, Any]]:
     """[{step, score, success_rate, rollout_score, val_loss, eval_seconds}] per kept step."""
-    from dpjax.commands.eval import evaluate_run
-    from dpjax.run import load_run_config
+    from dpjax.evaluate import evaluate_run
+    from dpjax.policy import load_run_config
 
     load_run_config(run_dir)  # a clear error for a directory that holds no run
     records, points = logged_at(run_dir), []

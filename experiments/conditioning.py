@@ -56,17 +56,17 @@ def parse_args(argv):
 
 
 def dataset(work: Path, episodes: int, goal_conditioned: bool) -> Path:
-    from dpjax.commands.demo import collect_demos
+    from dpjax.envs.collect import collect_demos
 
     path = work / ("data_goal" if goal_conditioned else "data")
     return collect_demos(path, episodes, 0, progress=False, goal_conditioned=goal_conditioned)
 
 
 def train_one(work, data, name, denoiser, seed, size, log, keys=("state",)) -> Path:
-    from dpjax.commands.demo import demo_config
-    from dpjax.run import train
+    from dpjax.configs.multimodal_diffusion import recipe
+    from dpjax.training.loop import train
 
-    config = demo_config(data, "diffusion", denoiser, size["train_steps"], seed)
+    config = recipe(data, "diffusion", denoiser, size["train_steps"], seed)
     config = dataclasses.replace(
         config,
         batch_size=size["batch_size"],
@@ -80,7 +80,7 @@ def train_one(work, data, name, denoiser, seed, size, log, keys=("state",)) -> P
 
 def evaluate_run(run_dir: Path, eval_episodes: int, env_config=None) -> dict:
     from dpjax import evaluate
-    from dpjax.run import load_policy
+    from dpjax.policy import load_policy
 
     policy, params, _ = load_policy(run_dir)
     metrics, _ = evaluate.evaluate_multimodal(

@@ -1,7 +1,7 @@
 """recipes: which training recipe makes a policy work, measured closed loop, cell by cell.
 
 Each variant is a list of `--set`-style overrides on a task's shipped recipe (the cup: the
-`dpjax demo` config; PushT keypoints: experiments/pusht_keypoints.py). A cell (variant,
+`dpjax demo` config; PushT keypoints: dpjax/configs/pusht_keypoints.py). A cell (variant,
 training seed) trains a run, then evaluates it in closed loop on the task's protocol (PushT:
 Diffusion Policy's 50 episodes from seed 100000 and its `mean_max_reward`; the cup: 200
 held-out episodes and the mode frequencies), with each sampler listed for the task.
@@ -101,7 +101,7 @@ VARIANTS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
         "dart10_noise05": ("noise05 on DART demonstrations (execution noise 10 px)",
                            (*_PUSHT_30K, "policy.pred_horizon=16", "policy.action_horizon=8",
                             "policy.obs_noise_std=0.05")),
-        "shipped": ("the shipped recipe (experiments/pusht_keypoints.py)", ()),
+        "shipped": ("the shipped recipe (dpjax/configs/pusht_keypoints.py)", ()),
     },
 }  # fmt: skip
 # Variants trained on other demonstrations than the task's default 200: variant -> (name,
@@ -128,18 +128,18 @@ def base_config(task: str, dataset: Path, seed: int):
     import dataclasses
 
     if task == "cup":
-        from dpjax.commands.demo import demo_config
         from dpjax.config import apply_overrides
+        from dpjax.configs.multimodal_diffusion import recipe
 
         # The exploration's base, pinned so that recorded cells stay reproducible when the
-        # demo's recipe moves: demo_config at 6000 steps with the seed's 512-512-256 MLP.
+        # demo's recipe moves: the cup recipe at 6000 steps with the seed's 512-512-256 MLP.
         return apply_overrides(
-            demo_config(dataset, "diffusion", "mlp", 6000, seed),
+            recipe(dataset, "diffusion", "mlp", 6000, seed),
             ["num_steps=6000", "policy.hidden_dims=(512,512,256)"],
         )
     from dpjax.config import load_config_file
 
-    config = load_config_file(str(Path(__file__).resolve().parent / "pusht_keypoints.py"))
+    config = load_config_file("pusht_keypoints")
     return dataclasses.replace(config, dataset=str(dataset), seed=seed)
 
 
@@ -153,7 +153,7 @@ def prepare_dataset(task: str, work: Path, dataset: str | None, log, variant: st
         return Path(dataset)
     path = work / task / "data"
     if task == "cup":
-        from dpjax.commands.demo import collect_demos
+        from dpjax.envs.collect import collect_demos
 
         return collect_demos(path, 200, 0, progress=False)
     return collect_pusht(path, log)
@@ -169,8 +169,8 @@ def collect_pusht(path: Path, log, episodes: int = 200, execution_noise: float =
         return path
     except DataError:
         pass
-    from dpjax.commands.collect import collect
     from dpjax.envs import make_task
+    from dpjax.envs.collect import collect
 
     log(f"collecting PushT keypoint demonstrations, {episodes} attempts (~7 min) -> {path}")
     collect(make_task("pusht", obs_type="keypoints"), path, episodes=episodes, seed=0,
@@ -198,7 +198,7 @@ def evaluations(task: str, kind: str) -> list[tuple[str, dict]]:
 
 def evaluate_cell(task: str, run_dir: Path, kind: str, skip=()) -> dict[str, Any]:
     """{label: metrics} of a trained cell, for each evaluation not in `skip`."""
-    from dpjax.commands.eval import best_rollout_step, evaluate_run
+    from dpjax.evaluate import best_rollout_step, evaluate_run
 
     out = {}
     for label, options in evaluations(task, kind):
@@ -233,7 +233,7 @@ def resumable(run_dir: Path, config) -> int | None:
     from dpjax.checkpoint import Checkpointer
     from dpjax.config import to_dict
     from dpjax.errors import DpjaxError
-    from dpjax.run import load_run_config
+    from dpjax.policy import load_run_config
 
     try:
         same = to_dict(load_run_config(run_dir)) == to_dict(config)
@@ -249,7 +249,7 @@ def resumable(run_dir: Path, config) -> int | None:
 
 
 def last_logged(run_dir: Path, name: str) -> float | None:
-    from dpjax.logs import read_metrics
+    from dpjax.training.logs import read_metrics
 
     values = [r[name] for r in read_metrics(run_dir) if name in r]
     return values[-1] if values else None
@@ -259,7 +259,7 @@ def logged_train_seconds(run_dir: Path) -> float:
     """Seconds spent in training steps, over every sitting, from the run's metrics log: each
     record's steps since the previous one at its logged speed (compilation, validation and
     rollouts not counted, nor the time between sittings)."""
-    from dpjax.logs import read_metrics
+    from dpjax.training.logs import read_metrics
 
     seconds, previous = 0.0, 0
     for record in read_metrics(run_dir):
@@ -274,7 +274,7 @@ CURVE_KEYS = ("step", "rollout_score", "rollout_success", "val_loss")
 def learning_curve(run_dir: Path) -> list[dict[str, float]]:
     """The run's in-training closed-loop rollouts (`rollout_every`), with the validation loss
     logged at the same steps: [{step, rollout_score, rollout_success, val_loss}]."""
-    from dpjax.logs import read_metrics
+    from dpjax.training.logs import read_metrics
 
     return [{k: r[k] for k in CURVE_KEYS if k in r}
             for r in read_metrics(run_dir) if "rollout_score" in r]  # fmt: skip
@@ -323,7 +323,7 @@ def save(task: str, cells: list[dict], results_dir) -> None:
 
 def run_cell(task, variant, seed, dataset, work, log) -> dict[str, Any]:
     from dpjax.config import apply_overrides
-    from dpjax.run import train
+    from dpjax.training.loop import train
 
     _, overrides = VARIANTS[task][variant]
     config = apply_overrides(base_config(task, dataset, seed), overrides)

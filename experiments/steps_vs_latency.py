@@ -57,11 +57,12 @@ def parse_args(argv):
 
 def train_policy(work: Path, episodes: int, train_steps: int, seed: int, timesteps: int, log):
     """A diffusion policy on the multimodal task with the demo's recipe; returns its run dir."""
-    from dpjax.commands.demo import collect_demos, demo_config
-    from dpjax.run import train
+    from dpjax.configs.multimodal_diffusion import recipe
+    from dpjax.envs.collect import collect_demos
+    from dpjax.training.loop import train
 
     dataset = collect_demos(work / "data", episodes, seed)
-    config = demo_config(dataset, "diffusion", "mlp", train_steps, seed)
+    config = recipe(dataset, "diffusion", "mlp", train_steps, seed)
     config = dataclasses.replace(
         config, policy=dataclasses.replace(config.policy, num_train_timesteps=timesteps)
     )
@@ -73,7 +74,7 @@ def train_policy(work: Path, episodes: int, train_steps: int, seed: int, timeste
 
 def describe_run(run_dir: Path) -> str:
     """The trained policy's recipe, read from its run directory."""
-    from dpjax.run import load_run_config
+    from dpjax.policy import load_run_config
 
     config = load_run_config(run_dir)
     p = config.policy
@@ -87,7 +88,7 @@ def describe_run(run_dir: Path) -> str:
 
 def evaluate_grid(run_dir: Path, samplers, steps, eval_episodes: int, log) -> list[dict]:
     from dpjax import evaluate
-    from dpjax.run import load_policy
+    from dpjax.policy import load_policy
 
     policy, params, _ = load_policy(run_dir)
     T = policy.config.num_train_timesteps

@@ -51,11 +51,11 @@ def parse_args(argv):
 
 
 def train_variant(work: Path, dataset: Path, name: str, seed: int, size: dict, log) -> Path:
-    from dpjax.commands.demo import demo_config
-    from dpjax.run import train
+    from dpjax.configs.multimodal_diffusion import recipe
+    from dpjax.training.loop import train
 
     prediction_type, sampling, weighting = VARIANTS[name]
-    config = demo_config(dataset, "diffusion", "mlp", size["train_steps"], seed)
+    config = recipe(dataset, "diffusion", "mlp", size["train_steps"], seed)
     every = size["train_steps"] // size["checkpoints"]
     config = dataclasses.replace(
         config,
@@ -79,7 +79,7 @@ def curve(run_dir: Path, eval_episodes: int) -> list[dict]:
     """[{step, val_loss, success_rate, success_ci95}] at every kept checkpoint."""
     from dpjax import evaluate
     from dpjax.checkpoint import Checkpointer
-    from dpjax.run import load_policy
+    from dpjax.policy import load_policy
 
     val = {}
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
@@ -140,7 +140,7 @@ def plot(curves: dict[str, list[list[dict]]], path: Path) -> Path:
 
 
 def main(argv=None) -> int:
-    from dpjax.commands.demo import collect_demos
+    from dpjax.envs.collect import collect_demos
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from dpjax import cli
-from dpjax.commands.collect import parse_option_value, parse_task_options, resolve_task
 from dpjax.data import load_dataset
 from dpjax.envs import make_task
 from dpjax.envs.base import ArraySpec, Task, rollout_expert
+from dpjax.envs.collect import parse_option_value, parse_task_options, resolve_task
 from dpjax.errors import ConfigError
 
 GOAL = 1.0
@@ -101,7 +101,7 @@ def test_collect_uses_a_batched_collector(tmp_path, capsys, only_data_commands, 
         ]
 
     batched = dataclasses.replace(make_fake_task(), collect_episodes=collect_episodes)
-    monkeypatch.setattr("dpjax.commands.collect.resolve_task", lambda name, options: batched)
+    monkeypatch.setattr("dpjax.envs.collect.resolve_task", lambda name, options: batched)
     args = ["collect", "fake", "--episodes", "3", "--out", str(tmp_path / "d"), "--seed", "5"]
     assert cli.main(args) == 0
     assert calls == [(3, 5)]
@@ -115,7 +115,7 @@ def test_execution_noise_perturbs_the_states_and_records_the_experts_own_action(
     expert = make_fake_task().make_expert(None, 0)
     # A far goal: ~20 steps an episode, enough to measure the noise's spread.
     task = dataclasses.replace(make_fake_task(goal=6.0, max_episode_steps=40))
-    monkeypatch.setattr("dpjax.commands.collect.resolve_task", lambda name, options: task)
+    monkeypatch.setattr("dpjax.envs.collect.resolve_task", lambda name, options: task)
     out = tmp_path / "dart"
     args = ["collect", "fake", "--episodes", "2", "--out", str(out), "--execution-noise", "0.05"]
     assert cli.main(args) == 0

@@ -66,7 +66,7 @@ def test_rollout_loop_reproduces_expert_success():
     table = replay_table(episodes)
 
     class Replay:
-        from dpjax.policy import PolicyConfig
+        from dpjax.config import PolicyConfig
 
         config = PolicyConfig(kind="bc", obs_horizon=1, pred_horizon=100, action_horizon=100)
 
@@ -94,7 +94,7 @@ def test_goal_conditioned_rollouts_score_the_commanded_side():
     seen = []
 
     class Replay:
-        from dpjax.policy import PolicyConfig
+        from dpjax.config import PolicyConfig
 
         config = PolicyConfig(kind="bc", obs_horizon=1, pred_horizon=100, action_horizon=100,
                               low_dim_keys=("state", "goal"))  # fmt: skip

@@ -6,12 +6,14 @@ its own rollouts (`rollout_expert`) on the same seeds: the same success per epis
 same lengths, the same actions. A policy that ignores its observations must fail there.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from dpjax import evaluate
+from dpjax.config import PolicyConfig
 from dpjax.envs import make_task, rollout_expert
-from dpjax.policy import PolicyConfig
 
 
 class ExpertController:
@@ -153,3 +155,32 @@ def test_frames_of_the_first_episode_make_a_strip(tmp_path):
     assert rollouts["frames"][0][1].std() > 0  # a picture, not a blank
     path = evaluate.plot_frames(rollouts["frames"], tmp_path / "strip.png", "pusht")
     assert path.stat().st_size > 5_000
+
+
+def test_an_env_that_cannot_render_gives_its_numbers_and_no_frames(monkeypatch):
+    """A headless machine without a GL backend: the frames are dropped with a warning, the
+    rollouts are not."""
+    pytest.importorskip("gym_pusht")
+    task = make_task("pusht")
+    calls = []
+
+    def make_env(seed):
+        env = task.make_env(seed)
+
+        def broken_render():
+            calls.append(seed)
+            if len(calls) > 1:
+                raise RuntimeError("gladLoadGL error")
+            return np.zeros((8, 8, 3), np.uint8)
+
+        env.render = broken_render
+        return env
+
+    headless = dataclasses.replace(task, make_env=make_env, max_episode_steps=40)
+    with pytest.warns(RuntimeWarning, match="no frames: RuntimeError: gladLoadGL error"):
+        rollouts = evaluate.rollout_gym(
+            headless, ConstantPolicy([60.0, 60.0]), None, num_episodes=2, seed=0, num_envs=2,
+            frames=4,
+        )  # fmt: skip
+    assert rollouts["frames"] == [] and len(calls) == 2  # one frame, one failure, then none
+    assert rollouts["length"] == [40, 40] and len(rollouts["max_coverage"]) == 2

@@ -7,10 +7,9 @@ import json
 import pytest
 
 from dpjax import cli
-from dpjax.config import config_names, load_config_file
+from dpjax.config import TrainConfig, config_names, load_config_file
 from dpjax.errors import ConfigError
-from dpjax.logs import read_metrics
-from dpjax.run import TrainConfig
+from dpjax.training.logs import read_metrics
 
 
 def test_pusht_recipes_load_by_name_and_variant():

@@ -84,26 +84,27 @@ def test_unknown_variant_is_a_usage_error(tmp_path, capsys):
 def test_the_demo_variant_is_the_shipped_demo_recipe(tmp_path):
     """p24_wide must be exactly what `dpjax demo` trains, so that its recorded cells
     measure the demo's recipe (and catch the two drifting apart)."""
-    from dpjax.commands.demo import SIZES, demo_config
+    from dpjax.commands.demo import SIZES
     from dpjax.config import apply_overrides
+    from dpjax.configs.multimodal_diffusion import recipe
 
     recipes = load_recipes()
     _, overrides = recipes.VARIANTS["cup"]["p24_wide"]
     variant = apply_overrides(recipes.base_config("cup", tmp_path, 0), overrides)
     diffusion_steps, bc_steps = SIZES["full"][1]
-    assert variant == demo_config(tmp_path, "diffusion", "mlp", diffusion_steps, 0)
+    assert variant == recipe(tmp_path, "diffusion", "mlp", diffusion_steps, 0)
     # And the demo's BC baseline is the BC setting the sweep chose (bc_lr1e-3).
     _, overrides = recipes.VARIANTS["cup"]["bc_lr1e-3"]
     bc = apply_overrides(recipes.base_config("cup", tmp_path, 0), overrides)
-    assert bc == demo_config(tmp_path, "bc", "mlp", bc_steps, 0)
+    assert bc == recipe(tmp_path, "bc", "mlp", bc_steps, 0)
 
 
 def test_an_interrupted_cell_resumes_its_run_instead_of_retraining(tmp_path, monkeypatch):
     """A cell whose run dir holds checkpoints of the same config continues from them (a long
     PushT cell can span sittings); another config in that dir is trained afresh."""
     from dpjax.cli import main as cli_main
-    from dpjax.logs import read_metrics
-    from dpjax.run import train
+    from dpjax.training.logs import read_metrics
+    from dpjax.training.loop import train
 
     recipes = load_recipes()
     data = tmp_path / "data"
@@ -147,7 +148,7 @@ def test_an_interrupted_cell_resumes_its_run_instead_of_retraining(tmp_path, mon
     page = recipes.markdown("cup", [again])
     assert "tiny seed 0: trained by `dpjax train`" in page
     # Evaluating on the checkpoint the in-training rollouts chose, and saying which it was.
-    from dpjax.commands.eval import best_rollout_step
+    from dpjax.evaluate import best_rollout_step
 
     monkeypatch.setitem(recipes.EVALUATIONS, "cup", (("ddim", 2, None, "best-rollout"),))
     monkeypatch.setitem(recipes.EVAL_EPISODES, "cup", 4)

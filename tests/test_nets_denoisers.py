@@ -17,7 +17,7 @@ from dpjax.nets import (
 )
 from dpjax.nets.testing import fast_jit, normal, numpy_params
 
-TINY_TF = dict(action_dim=3, action_horizon=8, cond_dim=5, max_cond_tokens=4, num_layers=2,
+TINY_TF = dict(action_dim=3, pred_horizon=8, cond_dim=5, max_cond_tokens=4, num_layers=2,
                width=16, num_heads=2)  # fmt: skip
 
 
@@ -27,19 +27,19 @@ def _noisy(batch=2, horizon=8, action_dim=3, seed=0):
 
 def test_mlp_seed_architecture_shapes():
     # the seed's sizes: vision 256 + proprio 64 conditioning, 10 actions x 4D
-    model = MLPDenoiser(action_dim=4, action_horizon=10, cond_dim=320)
+    model = MLPDenoiser(action_dim=4, pred_horizon=10, cond_dim=320)
     noisy, t, cond = _noisy(3, 10, 4), jnp.array([0, 5, 99]), jnp.ones((3, 320))
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), noisy, t, cond)
     kernels = [shapes["params"][f"Dense_{i}"]["kernel"].shape for i in range(4)]
     assert kernels == [(320 + 128 + 40, 512), (512, 512), (512, 256), (256, 40)]
-    small = MLPDenoiser(action_dim=4, action_horizon=10, cond_dim=6, hidden_dims=(32, 32))
+    small = MLPDenoiser(action_dim=4, pred_horizon=10, cond_dim=6, hidden_dims=(32, 32))
     params = numpy_params(small, noisy, t, jnp.ones((3, 6)))
     out = fast_jit(small.apply)(params, noisy, t, jnp.ones((3, 6)))
     assert out.shape == (3, 10, 4) and np.isfinite(out).all()
 
 
 def test_mlp_wrong_shapes_raise():
-    model = MLPDenoiser(action_dim=4, action_horizon=10, cond_dim=6)
+    model = MLPDenoiser(action_dim=4, pred_horizon=10, cond_dim=6)
     t = jnp.zeros((2,), jnp.int32)
     with pytest.raises(ShapeError, match=r"expected shape \(B, 10, 4\), got \(2, 9, 4\)"):
         jax.eval_shape(model.init, jax.random.PRNGKey(0), _noisy(2, 9, 4), t, jnp.ones((2, 6)))
@@ -132,8 +132,8 @@ def test_encoder_outputs_fit_the_denoisers():
     tokens_shape = conditioning_shape(ObservationEncoder(**kw, output="tokens", token_dim=32), obs)
     noisy, t = jnp.zeros((2, 16, 2)), jnp.zeros((2,), jnp.int32)
     models_and_conditioning = [
-        (make_denoiser("unet1d", global_cond_dim=cond_dim), jnp.zeros((2, cond_dim))),
-        (make_denoiser("mlp", action_dim=2, action_horizon=16, cond_dim=cond_dim),
+        (make_denoiser("unet1d", cond_dim=cond_dim), jnp.zeros((2, cond_dim))),
+        (make_denoiser("mlp", action_dim=2, pred_horizon=16, cond_dim=cond_dim),
          jnp.zeros((2, cond_dim))),
         (make_denoiser("transformer", cond_dim=32), jnp.zeros(tokens_shape)),
     ]  # fmt: skip

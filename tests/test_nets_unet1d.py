@@ -10,7 +10,7 @@ from dpjax.nets import ConditionalUnet1D, count_params
 from dpjax.nets.testing import fast_jit, normal, numpy_params
 from dpjax.nets.unet1d import pad_to_multiple
 
-SMALL = dict(action_dim=2, global_cond_dim=6, down_dims=(16, 32, 64), diffusion_step_embed_dim=16)
+SMALL = dict(action_dim=2, cond_dim=6, down_dims=(16, 32, 64), step_embed_dim=16)
 
 
 def _inputs(batch=2, horizon=16, action_dim=2, cond_dim=6):
@@ -22,9 +22,9 @@ def _inputs(batch=2, horizon=16, action_dim=2, cond_dim=6):
 
 
 def test_reference_parameter_count():
-    # Diffusion Policy's ConditionalUnet1D(input_dim=2, global_cond_dim=36, kernel_size=5,
-    # diffusion_step_embed_dim=128, down_dims=(256, 512, 1024), cond_predict_scale=True)
-    model = ConditionalUnet1D(action_dim=2, global_cond_dim=36)
+    # Diffusion Policy's ConditionalUnet1D(input_dim=2, cond_dim=36, kernel_size=5,
+    # step_embed_dim=128, down_dims=(256, 512, 1024), cond_predict_scale=True)
+    model = ConditionalUnet1D(action_dim=2, cond_dim=36)
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), *_inputs(1, 16, 2, 36))
     assert count_params(shapes) == 63_497_090
 

@@ -3,12 +3,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dpjax import config as C
 from dpjax import oracles
 from dpjax import policy as P
-from dpjax import train as T
 from dpjax.data import Normalizer, compute_stats, make_window_data, sample_windows
 from dpjax.data.synthetic import three_mode_episodes
 from dpjax.errors import ConfigError, DataError, ShapeError, UnknownNameError
+from dpjax.training import step as T
 
 SMALL = dict(
     action_dim=2,
@@ -42,7 +43,7 @@ def train_policy(policy, episodes, *, steps=400, batch_size=128, lr=3e-3, seed=0
         ),
         mesh,
     )
-    optim = T.OptimConfig(learning_rate=lr, warmup_steps=30)
+    optim = C.OptimConfig(learning_rate=lr, warmup_steps=30)
     tx = T.make_optimizer(optim, steps)
     state = T.put_replicated(
         T.init_train_state(policy.init(jax.random.key(seed)), tx, jax.random.key(seed + 1)), mesh
@@ -67,7 +68,7 @@ def test_diffusion_reproduces_three_modes_and_bc_collapses(three_modes):
     observation = {"state": jnp.zeros((2000, 1, 3))}
     results = {}
     for kind in ("diffusion", "bc"):
-        policy = P.make_policy(P.PolicyConfig(kind=kind, **SMALL), normalizer, spec)
+        policy = P.make_policy(C.PolicyConfig(kind=kind, **SMALL), normalizer, spec)
         state, metrics = train_policy(policy, episodes)
         actions = policy.act(state.ema_params, observation, jax.random.key(5))
         assert actions.shape == (2000, 4, 2)
@@ -83,7 +84,7 @@ def test_diffusion_reproduces_three_modes_and_bc_collapses(three_modes):
 
 def test_any_sampler_at_inference_without_retraining(three_modes):
     episodes, normalizer, spec = three_modes
-    policy = P.make_policy(P.PolicyConfig(**SMALL), normalizer, spec)
+    policy = P.make_policy(C.PolicyConfig(**SMALL), normalizer, spec)
     params = policy.init(jax.random.key(0))
     observation = {"state": jnp.zeros((3, 1, 3))}
     for sampler, steps in (("ddpm", 5), ("dpmsolver++", 3), ("heun", 2), ("euler", 1)):
@@ -98,7 +99,7 @@ def test_any_sampler_at_inference_without_retraining(three_modes):
 
 def test_executed_actions_start_at_current_step(three_modes):
     _, normalizer, spec = three_modes
-    config = P.PolicyConfig(
+    config = C.PolicyConfig(
         kind="bc", **{**SMALL, "obs_horizon": 2, "pred_horizon": 8, "action_horizon": 3}
     )
     policy = P.make_policy(config, normalizer, spec)
@@ -108,7 +109,7 @@ def test_executed_actions_start_at_current_step(three_modes):
 
 def test_bad_observations_name_what_is_wrong(three_modes):
     _, normalizer, spec = three_modes
-    policy = P.make_policy(P.PolicyConfig(**SMALL), normalizer, spec)
+    policy = P.make_policy(C.PolicyConfig(**SMALL), normalizer, spec)
     params = policy.init(jax.random.key(0))
     key = jax.random.key(0)
     with pytest.raises(ShapeError, match=r"expected shape \(B, 1, 3\)"):
@@ -125,22 +126,22 @@ def test_bad_configs(three_modes):
     _, normalizer, spec = three_modes
     with pytest.raises(ConfigError, match="obs_horizon - 1 \\+ action_horizon"):
         P.make_policy(
-            P.PolicyConfig(**{**SMALL, "obs_horizon": 3, "action_horizon": 4}), normalizer, spec
+            C.PolicyConfig(**{**SMALL, "obs_horizon": 3, "action_horizon": 4}), normalizer, spec
         )
     with pytest.raises(UnknownNameError, match="unet1d"):
-        P.make_policy(P.PolicyConfig(**{**SMALL, "denoiser": "resnet"}), normalizer, spec)
+        P.make_policy(C.PolicyConfig(**{**SMALL, "denoiser": "resnet"}), normalizer, spec)
     with pytest.raises(UnknownNameError, match="dpmsolver"):
-        P.make_policy(P.PolicyConfig(**{**SMALL, "sampler": "plms"}), normalizer, spec)
+        P.make_policy(C.PolicyConfig(**{**SMALL, "sampler": "plms"}), normalizer, spec)
     with pytest.raises(ConfigError, match="num_inference_steps"):
-        P.make_policy(P.PolicyConfig(**{**SMALL, "num_inference_steps": 101}), normalizer, spec)
+        P.make_policy(C.PolicyConfig(**{**SMALL, "num_inference_steps": 101}), normalizer, spec)
     with pytest.raises(ConfigError, match="not in the dataset"):
-        P.make_policy(P.PolicyConfig(**{**SMALL, "low_dim_keys": ("joint",)}), normalizer, spec)
+        P.make_policy(C.PolicyConfig(**{**SMALL, "low_dim_keys": ("joint",)}), normalizer, spec)
 
 
 @pytest.mark.parametrize("denoiser", ["unet1d", "transformer"])
 def test_other_denoisers_train_step(three_modes, denoiser):
     episodes, normalizer, spec = three_modes
-    config = P.PolicyConfig(
+    config = C.PolicyConfig(
         **{
             **SMALL,
             "denoiser": denoiser,
@@ -162,7 +163,7 @@ def test_other_denoisers_train_step(three_modes, denoiser):
 
 def test_bfloat16_compute_trains_and_acts(three_modes):
     episodes, normalizer, spec = three_modes
-    config = P.PolicyConfig(**{**SMALL, "dtype": "bfloat16"})
+    config = C.PolicyConfig(**{**SMALL, "dtype": "bfloat16"})
     policy = P.make_policy(config, normalizer, spec)
     state, metrics = train_policy(policy, episodes, steps=3, batch_size=8)
     assert np.isfinite(float(metrics["loss"]))
@@ -188,7 +189,7 @@ def test_text_and_goal_conditioning_from_the_dataset():
     keys = ("state", "goal", "language_embedding")
     spec = P.observation_spec_from_stats(stats, keys)
     assert spec["language_embedding"].shape == (4,)
-    config = P.PolicyConfig(**{**SMALL, "low_dim_keys": keys, "low_dim_features": 8})
+    config = C.PolicyConfig(**{**SMALL, "low_dim_keys": keys, "low_dim_features": 8})
     policy = P.make_policy(config, normalizer, spec)
     data = make_window_data(episodes, obs_horizon=1, pred_horizon=4, action_horizon=4,
                             observation_keys=keys)  # fmt: skip
@@ -206,7 +207,7 @@ def test_validation_loss_is_the_standard_objective_whatever_the_training_one(thr
     """Runs trained with logit-normal timesteps or min-SNR weighting report the uniform,
     unweighted loss as validation loss, so their curves compare with a uniform run's."""
     episodes, normalizer, spec = three_modes
-    standard = P.make_policy(P.PolicyConfig(**SMALL), normalizer, spec)
+    standard = P.make_policy(C.PolicyConfig(**SMALL), normalizer, spec)
     params = standard.init(jax.random.key(0))
     data = make_window_data(episodes[:20], obs_horizon=1, pred_horizon=4, action_horizon=4)
     batch = sample_windows(data, jax.random.key(1), 64)
@@ -214,7 +215,7 @@ def test_validation_loss_is_the_standard_objective_whatever_the_training_one(thr
     reference, _ = standard.loss(params, batch, key)
     assert float(standard.validation_loss(params, batch, key)[0]) == float(reference)
     for sampling, weighting in (("logit_normal", "none"), ("uniform", "min_snr")):
-        config = P.PolicyConfig(**SMALL, timestep_sampling=sampling, loss_weighting=weighting)
+        config = C.PolicyConfig(**SMALL, timestep_sampling=sampling, loss_weighting=weighting)
         other = P.make_policy(config, normalizer, spec)
         trained_with, _ = other.loss(params, batch, key)
         validated, _ = other.validation_loss(params, batch, key)
@@ -224,7 +225,7 @@ def test_validation_loss_is_the_standard_objective_whatever_the_training_one(thr
 
 def test_observation_noise_perturbs_normalized_low_dim_keys_in_training_only(three_modes):
     episodes, normalizer, spec = three_modes
-    config = P.PolicyConfig(**{**SMALL, "obs_noise_std": 0.1})
+    config = C.PolicyConfig(**{**SMALL, "obs_noise_std": 0.1})
     policy = P.make_policy(config, normalizer, spec)
     normalized = {"state": jnp.zeros((4096, 1, 3)), "language_embedding": jnp.ones((4096, 3))}
     noisy = policy._add_observation_noise(normalized, jax.random.key(0))
@@ -240,7 +241,7 @@ def test_observation_noise_perturbs_normalized_low_dim_keys_in_training_only(thr
         jax.random.key(2),
         64,
     )
-    quiet = P.make_policy(P.PolicyConfig(**SMALL), normalizer, spec)
+    quiet = P.make_policy(C.PolicyConfig(**SMALL), normalizer, spec)
     assert float(policy.loss(params, batch, jax.random.key(3))[0]) != pytest.approx(
         float(quiet.loss(params, batch, jax.random.key(3))[0]), rel=1e-6
     )
@@ -250,12 +251,12 @@ def test_observation_noise_perturbs_normalized_low_dim_keys_in_training_only(thr
         policy.act(params, observation, key), quiet.act(params, observation, key)
     )
     with pytest.raises(ConfigError, match="obs_noise_std"):
-        P.PolicyConfig(**{**SMALL, "obs_noise_std": -0.1}).validate()
+        C.PolicyConfig(**{**SMALL, "obs_noise_std": -0.1}).validate()
 
 
 def test_with_action_horizon_executes_a_prefix_of_the_same_chunk(three_modes):
     _, normalizer, spec = three_modes
-    policy = P.make_policy(P.PolicyConfig(**{**SMALL, "kind": "bc"}), normalizer, spec)
+    policy = P.make_policy(C.PolicyConfig(**{**SMALL, "kind": "bc"}), normalizer, spec)
     params = policy.init(jax.random.key(0))
     observation = {"state": np.zeros((3, 1, 3), np.float32)}
     full = policy.act(params, observation, jax.random.key(1))

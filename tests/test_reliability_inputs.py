@@ -19,6 +19,7 @@ import pytest
 
 from dpjax import samplers, schedules
 from dpjax.cli import main as cli_main
+from dpjax.config import OptimConfig, PolicyConfig, TrainConfig
 from dpjax.data import load_dataset, write_dataset
 from dpjax.data.synthetic import three_mode_episodes
 from dpjax.errors import (
@@ -30,9 +31,8 @@ from dpjax.errors import (
     ShapeError,
     UnknownNameError,
 )
-from dpjax.policy import PolicyConfig, make_policy
-from dpjax.run import TrainConfig, load_policy, train
-from dpjax.train import OptimConfig
+from dpjax.policy import load_policy, make_policy
+from dpjax.training.loop import train
 
 STATS_FILE = "dpjax_stats.json"
 
@@ -75,9 +75,7 @@ def config_file(dataset_dir, tmp_path_factory):
     path = tmp_path_factory.mktemp("cfg") / "tiny.py"
     config = tiny_config(dataset_dir)
     path.write_text(
-        "from dpjax.run import TrainConfig\nfrom dpjax.policy import PolicyConfig\n"
-        "from dpjax.train import OptimConfig\n"
-        f"CONFIG = {config!r}\n"
+        f"from dpjax.config import OptimConfig, PolicyConfig, TrainConfig\nCONFIG = {config!r}\n"
     )
     return path
 

@@ -14,13 +14,13 @@ import pytest
 
 from dpjax import config as config_lib
 from dpjax.cli import main as cli_main
+from dpjax.config import OptimConfig, PolicyConfig, TrainConfig
 from dpjax.data import write_dataset
 from dpjax.data.synthetic import three_mode_episodes
 from dpjax.errors import ConfigError
-from dpjax.logs import read_metrics
-from dpjax.policy import PolicyConfig
-from dpjax.run import TrainConfig, load_policy, train
-from dpjax.train import OptimConfig
+from dpjax.policy import load_policy
+from dpjax.training.logs import read_metrics
+from dpjax.training.loop import train
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +125,8 @@ def test_existing_run_is_refused_and_cli_errors_are_one_line(dataset_dir, tmp_pa
     config_file = tmp_path / "cfg.py"
     config_file.write_text(
         textwrap.dedent(f"""
-        from dpjax.run import TrainConfig
-        from dpjax.policy import PolicyConfig
+        from dpjax.config import TrainConfig
+        from dpjax.config import PolicyConfig
         CONFIG = TrainConfig(dataset={str(dataset_dir)!r}, policy=PolicyConfig(
             action_dim=2, obs_horizon=1, pred_horizon=2, action_horizon=2, denoiser="mlp",
             hidden_dims=(16,), low_dim_features=None, num_inference_steps=2),
@@ -148,17 +148,19 @@ def test_existing_run_is_refused_and_cli_errors_are_one_line(dataset_dir, tmp_pa
 EQUIVALENCE_SCRIPT = """
 import dataclasses, jax, jax.numpy as jnp, numpy as np
 assert jax.device_count() == 8, jax.devices()
-from dpjax import policy as P, train as T
+from dpjax import config as C
+from dpjax import policy as P
+from dpjax.training import step as T
 from dpjax.data import Normalizer, compute_stats, make_window_data
 from dpjax.data.synthetic import three_mode_episodes
 episodes = three_mode_episodes(30, seed=0)
 stats = compute_stats(episodes)
 normalizer = Normalizer.from_stats(stats, ["action", "observation/state"])
-config = P.PolicyConfig(action_dim=2, obs_horizon=2, pred_horizon=8, action_horizon=4,
+config = C.PolicyConfig(action_dim=2, obs_horizon=2, pred_horizon=8, action_horizon=4,
                         denoiser="mlp", hidden_dims=(64, 64), low_dim_features=8)
 policy = P.make_policy(config, normalizer, P.observation_spec_from_stats(stats, ["state"]))
 host_data = make_window_data(episodes, obs_horizon=2, pred_horizon=8, action_horizon=4)
-optim = T.OptimConfig(learning_rate=1e-3, warmup_steps=2)
+optim = C.OptimConfig(learning_rate=1e-3, warmup_steps=2)
 results = []
 for devices in (1, 8):
     mesh = T.make_mesh(devices)
@@ -203,9 +205,8 @@ def test_8_devices_match_1_device():
     assert int(all_reduces) > 0 and int(local) > 0, line
 
 
-def test_unknown_config_lists_only_experiment_files_that_define_config():
+def test_unknown_config_lists_the_shipped_configs():
     names = config_lib.config_names()
-    assert {"multimodal_diffusion", "multimodal_bc"} <= set(names)
-    assert not {"common", "benchmark_study", "steps_vs_latency"} & set(names)  # studies
-    with pytest.raises(ConfigError, match="experiments: multimodal_bc, multimodal_diffusion"):
+    assert names == ["multimodal_bc", "multimodal_diffusion", "pusht_image", "pusht_keypoints"]
+    with pytest.raises(ConfigError, match="shipped configs: multimodal_bc, multimodal_diffusion"):
         config_lib.load_config_file("no_such_experiment")

@@ -8,19 +8,20 @@ import pytest
 
 from dpjax import evaluate
 from dpjax.cli import main as cli_main
-from dpjax.commands.demo import demo_config
-from dpjax.commands.eval import best_rollout_step
 from dpjax.config import apply_overrides
+from dpjax.configs.multimodal_diffusion import recipe
 from dpjax.errors import ConfigError
-from dpjax.logs import read_metrics
-from dpjax.run import load_policy, train
+from dpjax.evaluate import best_rollout_step
+from dpjax.policy import load_policy
+from dpjax.training.logs import read_metrics
+from dpjax.training.loop import train
 
 
 def test_rollouts_during_training_are_logged_and_choose_the_checkpoint(tmp_path, capsys):
     data, run = tmp_path / "data", tmp_path / "run"
     assert cli_main(["collect", "multimodal", "--episodes", "20", "--out", str(data)]) == 0
     config = apply_overrides(
-        demo_config(data, "diffusion", "mlp", 30, 0),
+        recipe(data, "diffusion", "mlp", 30, 0),
         ["rollout_every=12", "rollout_episodes=8", "checkpoint_every=10", "eval_every=10",
          "log_every=5", "max_to_keep=5"],
     )  # fmt: skip

@@ -7,8 +7,9 @@ import numpy as np
 import optax
 import pytest
 
-from dpjax import train as T
+from dpjax import config as C
 from dpjax.errors import ConfigError
+from dpjax.training import step as T
 
 
 def _tree(scale: float):
@@ -48,7 +49,7 @@ def test_optimizer_trajectory_matches_the_optax_chain():
 
     Alternating matters: Adam is invariant to a constant gradient scale, so only a mix of
     clipped and unclipped steps makes the trajectory depend on the clip being right."""
-    config = T.OptimConfig(learning_rate=1e-2, warmup_steps=2, max_grad_norm=0.5)
+    config = C.OptimConfig(learning_rate=1e-2, warmup_steps=2, max_grad_norm=0.5)
     ours = T.make_optimizer(config, 10)
     ref = T.make_optimizer(config, 10, clip=optax.clip_by_global_norm)
     params = _tree(1.0)
@@ -70,7 +71,7 @@ def test_optimizer_trajectory_matches_the_optax_chain():
 def test_ema_decay_follows_diffusion_policys_warmup_formula():
     """EMAModel.get_decay of Diffusion Policy (update_after_step 0): with s = step - 1,
     0 for s <= 0, else min(1 - (1 + s / inv_gamma)^-power, max_decay)."""
-    config = T.OptimConfig()  # power 0.75, inv_gamma 1, max 0.9999
+    config = C.OptimConfig()  # power 0.75, inv_gamma 1, max 0.9999
 
     def formula(step: int) -> float:
         s = step - 1
@@ -80,12 +81,12 @@ def test_ema_decay_follows_diffusion_policys_warmup_formula():
     ours = [float(T.ema_decay(config, jnp.asarray(s))) for s in steps]
     np.testing.assert_allclose(ours, [formula(s) for s in steps], rtol=1e-6, atol=1e-7)
     assert ours[-1] == pytest.approx(0.9999)  # capped
-    slower = T.OptimConfig(ema_power=2 / 3, ema_inv_gamma=2.0)
+    slower = C.OptimConfig(ema_power=2 / 3, ema_inv_gamma=2.0)
     assert float(T.ema_decay(slower, jnp.asarray(11))) == pytest.approx(1 - 6.0 ** (-2 / 3))
 
 
 def test_learning_rate_is_linear_warmup_then_cosine_to_zero():
-    config = T.OptimConfig(learning_rate=3e-4, warmup_steps=100)
+    config = C.OptimConfig(learning_rate=3e-4, warmup_steps=100)
     schedule = T.learning_rate_schedule(config, 1000)
 
     def formula(s: int) -> float:

@@ -41,75 +41,13 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def demo_config(dataset: Path, kind: str, denoiser: str, num_steps: int, seed: int):
-    from dpjax.policy import PolicyConfig
-    from dpjax.run import TrainConfig
-    from dpjax.train import OptimConfig
-
-    policy = PolicyConfig(
-        kind=kind,
-        action_dim=2,
-        obs_horizon=2,
-        # Predict 24 actions and execute 23 (all but the one for the past observation step):
-        # committing to a chunk that long kept the policy on one side per episode; executing 8
-        # of 16 let every replan re-draw the side, blending them into the wall (60% -> ~90%;
-        # experiments/results/cup.md, `python experiments/recipes.py --task cup`).
-        pred_horizon=24,
-        action_horizon=23,
-        low_dim_keys=("state",),
-        low_dim_features=64,
-        denoiser=denoiser,
-        # Twice the seed's 512-512-256: the narrower MLP under-drew the rare south approach
-        # (0.09 of episodes against the expert's 0.14; experiments/results/cup.md).
-        hidden_dims=(1024, 1024, 512),
-        down_dims=(64, 128, 256),
-        width=128,
-        num_layers=3,
-        # Predicting the clean chunk (x0) learned ~2x faster than epsilon here: at 3000 steps
-        # 46-56% closed-loop success vs 25-35% (experiments/timestep_sampling.py compares them).
-        prediction_type="sample",
-        sampler="ddim",
-        num_inference_steps=10,
-    )
-    return TrainConfig(
-        dataset=str(dataset),
-        policy=policy,
-        seed=seed,
-        optim=OptimConfig(learning_rate=1e-3, warmup_steps=100),
-        batch_size=128,
-        num_steps=num_steps,
-        log_every=100,
-        eval_every=max(num_steps // 4, 1),
-        checkpoint_every=max(num_steps // 4, 1),
-    )
-
-
-def collect_demos(
-    path: Path, episodes: int, seed: int, *, progress: bool = True, **task_options
-) -> Path:
-    """Multimodal-task expert demonstrations at `path`, reused when a dataset of `episodes`
-    episodes is already there (`task_options`: e.g. goal_conditioned=True)."""
-    from dpjax.commands.collect import collect
-    from dpjax.data import load_dataset
-    from dpjax.envs import make_task
-    from dpjax.errors import DataError
-
-    try:
-        if len(load_dataset(path)) == episodes:
-            print(f"reusing the {episodes} demonstrations in {path}")
-            return path
-    except DataError:
-        pass
-    collect(make_task("multimodal", **task_options), path, episodes=episodes, seed=seed,
-            action_noise=0.0, overwrite=True, progress=progress)  # fmt: skip
-    return path
-
-
 def run(args) -> int:
     from dpjax import evaluate
+    from dpjax.configs import multimodal_diffusion
     from dpjax.data import load_dataset
-    from dpjax.policy import with_action_horizon
-    from dpjax.run import load_policy, train
+    from dpjax.envs.collect import collect_demos
+    from dpjax.policy import load_policy, with_action_horizon
+    from dpjax.training.loop import train
 
     episodes, train_steps, eval_episodes, step_counts = SIZES["quick" if args.quick else "full"]
     out = Path(args.out)
@@ -120,7 +58,7 @@ def run(args) -> int:
     results, rollouts = {}, {}
     for kind, num_steps in zip(("diffusion", "bc"), train_steps, strict=True):
         print(f"\ntraining the {kind} policy ({num_steps} steps)")
-        config = demo_config(dataset, kind, args.denoiser, num_steps, args.seed)
+        config = multimodal_diffusion.recipe(dataset, kind, args.denoiser, num_steps, args.seed)
         train(config, out / kind, overwrite=True)
         policy, params, _ = load_policy(out / kind)
         if kind == "diffusion":

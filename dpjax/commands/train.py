@@ -41,8 +41,10 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from dpjax import config as config_lib
+    from dpjax.config import TrainConfig
     from dpjax.errors import ConfigError
-    from dpjax.run import TrainConfig, describe, load_run_config, train
+    from dpjax.policy import load_run_config
+    from dpjax.training.loop import describe, train
 
     resume = bool(args.resume)
     if isinstance(args.resume, str):

@@ -9,6 +9,7 @@ Keys are named by their path inside `steps`, e.g. "action" or "observation/state
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -16,6 +17,15 @@ from typing import Any
 import numpy as np
 
 from dpjax.errors import DataError, ShapeError
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySpec:
+    """Shape and dtype name of one array per step (no batch or time axis)."""
+
+    shape: tuple[int, ...]
+    dtype: str
+
 
 # step key -> (per-step shape, dtype name); e.g. {"observation/image": ((96, 96, 3), "uint8")}
 StepSpec = dict[str, tuple[tuple[int, ...], str]]

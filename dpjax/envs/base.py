@@ -27,6 +27,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from dpjax.data.features import ArraySpec
+
 Observation = dict[str, np.ndarray]
 Episode = dict[str, Any]
 
@@ -42,12 +44,6 @@ class Env(Protocol):
 
 
 Expert = Callable[[Observation], np.ndarray]
-
-
-@dataclasses.dataclass(frozen=True)
-class ArraySpec:
-    shape: tuple[int, ...]
-    dtype: str
 
 
 @dataclasses.dataclass(frozen=True)

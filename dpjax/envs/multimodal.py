@@ -39,8 +39,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from dpjax.envs.base import ArraySpec, Task
-
 MODES = ("north", "east", "south")
 MODE_PROBS = (0.45, 0.40, 0.15)
 STATE_DIM, ACTION_DIM = 6, 2
@@ -350,33 +348,4 @@ def config_from_options(
         max_episode_steps=int(max_episode_steps),
         mode_probs=tuple(mode_probs),
         goal_conditioned=bool(goal_conditioned),
-    )
-
-
-def make_task(
-    max_episode_steps: int = 100,
-    mode_probs: tuple[float, float, float] = MODE_PROBS,
-    goal_conditioned: bool = False,
-) -> Task:
-    """The "multimodal" task; options are `MultimodalConfig` fields."""
-    from dpjax.envs.multimodal_expert import collect_episodes, make_expert  # it imports us
-
-    config = config_from_options(
-        max_episode_steps=max_episode_steps,
-        mode_probs=mode_probs,
-        goal_conditioned=goal_conditioned,
-    )
-    spec = {"state": ArraySpec((STATE_DIM,), "float32")}
-    if config.goal_conditioned:
-        spec["goal"] = ArraySpec((len(MODES),), "float32")
-    return Task(
-        name="multimodal",
-        observation_spec=spec,
-        action_dim=ACTION_DIM,
-        max_episode_steps=max_episode_steps,
-        make_env=lambda seed: MultimodalEnv(config, seed),
-        make_expert=make_expert,
-        modes=MODES,
-        control_hz=10.0,
-        collect_episodes=functools.partial(collect_episodes, config=config),
     )

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from dpjax.envs.base import ArraySpec, Observation, Task
+from dpjax.envs.base import ArraySpec, Observation
 from dpjax.errors import ConfigError, require_extra
 
 MAX_EPISODE_STEPS = 300
@@ -35,7 +35,7 @@ _PACKAGE_OBS_TYPES = {
     "keypoints": "environment_state_agent_pos",
     "pixels": "pixels_agent_pos",
 }
-_OBSERVATION_SPECS = {
+OBSERVATION_SPECS = {
     "state": {"state": ArraySpec((5,), "float32")},
     "keypoints": {"keypoint": ArraySpec((16,), "float32"), "agent_pos": ArraySpec((2,), "float32")},
     "pixels": {
@@ -129,39 +129,3 @@ def set_block_pose(env: PushTEnv, pose: np.ndarray) -> None:
     block.position = (float(pose[0]), float(pose[1]))
     block.velocity = (0.0, 0.0)
     block.angular_velocity = 0.0
-
-
-def make_task(obs_type: str = "state", **options) -> Task:
-    """The PushT task with the simulator-planning expert (`dpjax.envs.pusht_expert`).
-
-    `options` go to gym-pusht's env (e.g. `damping`, `block_cog`), except `expert_options`,
-    a dict for `PushTExpert` (e.g. {"max_step_px": 10.0}).
-    """
-    from dpjax.envs.pusht_expert import PushTExpert
-
-    if obs_type not in _OBSERVATION_SPECS:
-        raise ConfigError(
-            f"unknown PushT obs_type {obs_type!r}; valid: {', '.join(_OBSERVATION_SPECS)}"
-        )
-    expert_options = dict(options.pop("expert_options", {}))
-    import_gym_pusht()  # fail at task creation, not at the first episode
-    from gym_pusht.envs import PushTEnv as PackageEnv
-
-    from dpjax.envs import check_options
-
-    # The other options go to the package's own env constructor.
-    check_options(
-        PackageEnv.__init__, options, "task 'pusht'", positional=1, extra=("expert_options",)
-    )
-    check_options(PushTExpert, expert_options, "PushT expert_options", positional=1)
-
-    return Task(
-        name="pusht",
-        observation_spec=_OBSERVATION_SPECS[obs_type],
-        action_dim=2,
-        max_episode_steps=MAX_EPISODE_STEPS,
-        make_env=lambda seed: PushTEnv(obs_type, **options),
-        make_expert=lambda env, seed: PushTExpert(env.physics, **expert_options),
-        expert_name="pusht-sim-planner",
-        control_hz=CONTROL_HZ,
-    )

@@ -23,6 +23,7 @@ from dpjax.nets.encoders import (
     conditioning_shape,
     random_crop,
 )
+from dpjax.nets.heads import BCHead
 from dpjax.nets.mlp import MLPDenoiser
 from dpjax.nets.transformer import TransformerDenoiser
 from dpjax.nets.unet1d import ConditionalUnet1D
@@ -55,6 +56,7 @@ def count_params(params) -> int:
 
 __all__ = [
     "DENOISERS",
+    "BCHead",
     "ConditionalUnet1D",
     "Conv1D",
     "Downsample1D",

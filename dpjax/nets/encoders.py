@@ -278,6 +278,6 @@ class ObservationEncoder(nn.Module):
 
 def conditioning_shape(encoder: ObservationEncoder, obs) -> tuple[int, ...]:
     """The shape `encoder` returns for `obs`, computed abstractly (no parameters allocated);
-    e.g. to size a denoiser's global_cond_dim / cond_dim."""
+    e.g. to size a denoiser's cond_dim / cond_dim."""
     out = jax.eval_shape(lambda o: encoder.init_with_output(jax.random.PRNGKey(0), o)[0], obs)
     return tuple(out.shape)

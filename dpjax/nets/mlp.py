@@ -19,10 +19,10 @@ class MLPDenoiser(nn.Module):
     """
 
     action_dim: int = 4
-    action_horizon: int = 10
+    pred_horizon: int = 10
     cond_dim: int = 320
     hidden_dims: Sequence[int] = (512, 512, 256)
-    timestep_embed_dim: int = 128
+    step_embed_dim: int = 128
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
@@ -33,12 +33,12 @@ class MLPDenoiser(nn.Module):
         timestep: jnp.ndarray,
         conditioning: jnp.ndarray | None = None,
     ) -> jnp.ndarray:
-        check_shape("noisy_actions", noisy_actions, (None, self.action_horizon, self.action_dim))
+        check_shape("noisy_actions", noisy_actions, (None, self.pred_horizon, self.action_dim))
         batch = noisy_actions.shape[0]
         timestep = broadcast_timestep(timestep, batch)
         dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         parts = [
-            TimestepEmbedding(self.timestep_embed_dim, **dense)(timestep),
+            TimestepEmbedding(self.step_embed_dim, **dense)(timestep),
             noisy_actions.reshape(batch, -1).astype(self.dtype),
         ]
         if self.cond_dim:
@@ -49,5 +49,5 @@ class MLPDenoiser(nn.Module):
         x = jnp.concatenate(parts, axis=-1)
         for width in self.hidden_dims:
             x = mish(nn.Dense(width, **dense)(x))
-        out = nn.Dense(self.action_horizon * self.action_dim, **dense)(x)
+        out = nn.Dense(self.pred_horizon * self.action_dim, **dense)(x)
         return out.reshape(noisy_actions.shape).astype(noisy_actions.dtype)

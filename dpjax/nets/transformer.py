@@ -37,13 +37,13 @@ class DecoderBlock(nn.Module):
 class TransformerDenoiser(nn.Module):
     """(noisy_actions (B, H, A), timestep (B,), conditioning (B, N, D) or (B, D)) -> (B, H, A).
 
-    `action_horizon` and `max_cond_tokens` size the learned positional embeddings: any H up to
-    `action_horizon` and any N up to `max_cond_tokens` are accepted. A (B, D) conditioning is one
+    `pred_horizon` and `max_cond_tokens` size the learned positional embeddings: any H up to
+    `pred_horizon` and any N up to `max_cond_tokens` are accepted. A (B, D) conditioning is one
     token. With `causal`, action token i attends only to tokens j <= i.
     """
 
     action_dim: int = 2
-    action_horizon: int = 16
+    pred_horizon: int = 16
     cond_dim: int = 256
     max_cond_tokens: int = 32
     num_layers: int = 4
@@ -59,10 +59,10 @@ class TransformerDenoiser(nn.Module):
             raise ConfigError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
         check_shape("noisy_actions", noisy_actions, (None, "H", self.action_dim))
         batch, horizon = noisy_actions.shape[:2]
-        if horizon > self.action_horizon:
+        if horizon > self.pred_horizon:
             raise ShapeError(
-                f"noisy_actions: horizon {horizon} exceeds action_horizon={self.action_horizon}; "
-                f"expected shape (B, <= {self.action_horizon}, {self.action_dim})"
+                f"noisy_actions: horizon {horizon} exceeds pred_horizon={self.pred_horizon}; "
+                f"expected shape (B, <= {self.pred_horizon}, {self.action_dim})"
             )
         if conditioning.ndim == 2:
             conditioning = conditioning[:, None, :]
@@ -85,7 +85,7 @@ class TransformerDenoiser(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         pos_init = nn.initializers.normal(0.02)
 
-        action_pos = self.param("action_pos", pos_init, (self.action_horizon, self.width))
+        action_pos = self.param("action_pos", pos_init, (self.pred_horizon, self.width))
         cond_pos = self.param("cond_pos", pos_init, (self.max_cond_tokens + 1, self.width))
         time_token = TimestepEmbedding(self.width, sinusoidal_dim=128, **kw)(timestep)[:, None]
         cond_tokens = nn.Dense(self.width, **kw, name="cond_proj")(conditioning.astype(self.dtype))

@@ -1,7 +1,7 @@
 """Diffusion Policy's ConditionalUnet1D (Chi et al. 2023): a temporal UNet over the action chunk.
 
-Same layers and parameter count as the reference (63,497,090 for action_dim=2, global_cond_dim=36,
-down_dims=(256, 512, 1024), kernel_size=5, diffusion_step_embed_dim=128), with FiLM conditioning
+Same layers and parameter count as the reference (63,497,090 for action_dim=2, cond_dim=36,
+down_dims=(256, 512, 1024), kernel_size=5, step_embed_dim=128), with FiLM conditioning
 that predicts a per-channel scale and bias. Convolutions are the matmul forms of `conv1d.py`.
 
 Any horizon works: the chunk is zero-padded at the end to a multiple of 2**(len(down_dims) - 1)
@@ -85,15 +85,15 @@ class ConditionalUnet1D(nn.Module):
     """Denoiser (noisy_actions (B, H, A), timestep (B,), global_cond (B, C)) -> (B, H, A).
 
     `global_cond` is the flattened observation features (ObservationEncoder in vector mode).
-    With global_cond_dim=0 it may be None. The output has the dtype of `noisy_actions`.
+    With cond_dim=0 it may be None. The output has the dtype of `noisy_actions`.
     """
 
     action_dim: int = 2
-    global_cond_dim: int = 36
+    cond_dim: int = 36
     down_dims: Sequence[int] = (256, 512, 1024)
     kernel_size: int = 5
     n_groups: int = 8
-    diffusion_step_embed_dim: int = 128
+    step_embed_dim: int = 128
     conv_impl: ConvImpl = "matmul"
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
@@ -117,12 +117,12 @@ class ConditionalUnet1D(nn.Module):
         batch, horizon = noisy_actions.shape[:2]
         timestep = broadcast_timestep(timestep, batch)
         cond = TimestepEmbedding(
-            self.diffusion_step_embed_dim, dtype=self.dtype, param_dtype=self.param_dtype
+            self.step_embed_dim, dtype=self.dtype, param_dtype=self.param_dtype
         )(timestep)
-        if self.global_cond_dim:
+        if self.cond_dim:
             if global_cond is None:
-                raise ConfigError(f"global_cond of shape (B, {self.global_cond_dim}) is required")
-            check_shape("global_cond", global_cond, (batch, self.global_cond_dim))
+                raise ConfigError(f"global_cond of shape (B, {self.cond_dim}) is required")
+            check_shape("global_cond", global_cond, (batch, self.cond_dim))
             cond = jnp.concatenate([cond, global_cond.astype(self.dtype)], axis=-1)
 
         block = dict(

@@ -10,7 +10,6 @@ global batch, not on the device count (up to float reduction order).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable
 from typing import Any
@@ -22,25 +21,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from dpjax.config import OptimConfig
 from dpjax.data.windows import WindowData, sample_windows
 from dpjax.errors import ConfigError
 
 DATA_AXIS = "data"
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimConfig:
-    """Diffusion Policy's defaults: AdamW(1e-4, betas 0.95/0.999, wd 1e-6), warmup + cosine."""
-
-    learning_rate: float = 1e-4
-    b1: float = 0.95
-    b2: float = 0.999
-    weight_decay: float = 1e-6
-    warmup_steps: int = 500
-    max_grad_norm: float = 1.0
-    ema_power: float = 0.75
-    ema_max_decay: float = 0.9999
-    ema_inv_gamma: float = 1.0
 
 
 @flax.struct.dataclass

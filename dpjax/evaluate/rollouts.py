@@ -1,22 +1,14 @@
-"""Closed-loop evaluation: receding-horizon rollouts and the metrics the seed's claims need.
-
-Receding horizon: at each replanning step the policy sees the last `obs_horizon`
+"""Receding-horizon rollouts: at each replanning step the policy sees the last `obs_horizon`
 observations, predicts a chunk, and the next `action_horizon` actions are executed before it
 replans. On the pure-JAX multimodal task all episodes, the environment and the policy run
-inside one compiled program (`lax.scan` over time, the policy batched over episodes).
-
-Metrics: success rate with a 95% Wilson interval, mode frequencies against the expert's,
-smoothness (mean squared jerk of executed actions; the jump between consecutive chunks
-against the typical step within a chunk), time per action chunk (median, p95) and the
-resulting control rate, and denoiser evaluations per chunk.
-"""
+inside one compiled program (`lax.scan` over time, the policy batched over episodes); gym
+tasks (PushT, Meta-World) step a batch of environments in Python around one batched policy
+call per replanning step."""
 
 from __future__ import annotations
 
 import functools
-import math
-import statistics
-import time
+import warnings
 from typing import Any
 
 import jax
@@ -24,63 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dpjax.errors import ConfigError
-
-
-def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a binomial proportion (sound at 0% and 100%)."""
-    if trials == 0:
-        return (0.0, 1.0)
-    p = successes / trials
-    denom = 1 + z**2 / trials
-    center = (p + z**2 / (2 * trials)) / denom
-    half = z * math.sqrt(p * (1 - p) / trials + z**2 / (4 * trials**2)) / denom
-    return (max(0.0, center - half), min(1.0, center + half))
-
-
-def mean_squared_jerk(actions: np.ndarray, lengths: np.ndarray) -> float:
-    """Mean over episodes and valid steps of |third difference of actions|^2.
-
-    actions (N, T, A), lengths (N,) executed steps per episode.
-    """
-    values = []
-    for a, n in zip(actions, lengths, strict=True):
-        if n >= 4:
-            jerk = np.diff(a[:n], n=3, axis=0)
-            values.append(float(np.mean(np.sum(jerk**2, axis=-1))))
-    return float(np.mean(values)) if values else float("nan")
-
-
-def chunk_boundary_jumps(actions: np.ndarray, lengths: np.ndarray, action_horizon: int):
-    """(mean |a_t - a_{t-1}| where t starts a new chunk, mean |a_t - a_{t-1}| inside chunks)."""
-    boundary, inside = [], []
-    for a, n in zip(actions, lengths, strict=True):
-        steps = np.linalg.norm(np.diff(a[:n], axis=0), axis=-1)  # step t -> t+1 at index t
-        for t in range(1, n):
-            (boundary if t % action_horizon == 0 else inside).append(steps[t - 1])
-    mean = lambda x: float(np.mean(x)) if x else float("nan")
-    return mean(boundary), mean(inside)
-
-
-def measure_chunk_latency(policy, params, repeats: int = 20, **options) -> dict[str, float]:
-    """Median and p95 wall time of one (batch-1) observation -> action chunk call."""
-    fn = policy.inference_fn(**options)
-    observation = policy.example_observation(1)
-    key = jax.random.key(0)
-    jax.block_until_ready(fn(params, observation, key))  # compile
-    times = []
-    for i in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(params, observation, jax.random.fold_in(key, i)))
-        times.append(time.perf_counter() - t0)
-    median = statistics.median(times)
-    return {
-        "chunk_latency_ms": median * 1e3,
-        "chunk_latency_p95_ms": float(np.percentile(times, 95)) * 1e3,
-        "max_control_hz": policy.config.action_horizon / median,
-    }
-
-
-# ----------------------------------------------------------------- multimodal (pure JAX)
+from dpjax.evaluate.metrics import measure_chunk_latency, summarize_gym, summarize_multimodal
 
 
 @functools.lru_cache(maxsize=8)
@@ -159,56 +95,6 @@ def rollout_multimodal(
     return jax.device_get(run(params, seeds, jax.random.key(seed)))
 
 
-def summarize_multimodal(
-    rollouts: dict[str, np.ndarray], action_horizon: int, expert_mode_frequencies=None
-) -> dict[str, Any]:
-    """Success, collisions, modes, smoothness of multimodal rollouts. `expert_mode_frequencies`
-    ({mode: fraction}) is what the policy's modes are compared with: measure it from the
-    demonstrations (`mode_frequencies` of their episode modes); default: the task's
-    configured probabilities. "mode_frequency_error" is the largest |policy - expert|."""
-    from dpjax.envs.multimodal import MODE_PROBS, MODES, mode_frequencies
-
-    n = len(rollouts["success"])
-    successes = int(np.sum(rollouts["success"]))
-    modes = np.asarray(rollouts["mode"])
-
-    success_modes = modes[np.asarray(rollouts["success"], bool)]
-    expert = dict(expert_mode_frequencies or zip(MODES, MODE_PROBS, strict=True))
-    policy_modes = mode_frequencies(modes)
-    boundary, inside = chunk_boundary_jumps(rollouts["actions"], rollouts["length"], action_horizon)
-    goals = np.asarray(rollouts.get("goal", np.full(n, -1)))
-    commanded = goals >= 0
-    goal_side = (
-        {"goal_side_rate": float(np.mean(modes[commanded] == goals[commanded]))}
-        if commanded.any()
-        else {}
-    )
-    return {
-        **goal_side,
-        "episodes": n,
-        "success_rate": successes / n,
-        "success_ci95": wilson_interval(successes, n),
-        "collision_rate": float(np.mean(rollouts["collision"])),
-        "mode_frequencies": policy_modes,
-        "success_mode_frequencies": mode_frequencies(success_modes),
-        "no_mode_fraction": float(np.mean(modes < 0)),
-        "expert_mode_frequencies": expert,
-        "mode_frequency_error": max(abs(policy_modes[m] - expert[m]) for m in MODES),
-        "mean_squared_jerk": mean_squared_jerk(rollouts["actions"], rollouts["length"]),
-        "chunk_jump": boundary,
-        "within_chunk_step": inside,
-        "mean_episode_length": float(np.mean(rollouts["length"])),
-    }
-
-
-def demonstration_mode_frequencies(episodes) -> dict[str, float]:
-    """The expert's mode frequencies measured on demonstrations (episodes of a multimodal
-    dataset, each with `episode_metadata["mode"]`): what a policy's modes should match."""
-    from dpjax.envs.multimodal import mode_frequencies
-
-    return mode_frequencies(int(e["episode_metadata"].get("mode", -1)) for e in episodes)
-
-
 def evaluate_multimodal(
     policy,
     params,
@@ -240,47 +126,17 @@ def evaluate_multimodal(
     return metrics, rollouts
 
 
-def plot_multimodal(rollouts_by_name: dict[str, dict], path, max_episodes: int = 60):
-    """Trajectories of each policy, colored by the mode (side) they approached the cup from."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.patches as patches
-    import matplotlib.pyplot as plt
-
-    from dpjax.envs import multimodal as mm
-
-    colors = {0: "tab:blue", 1: "tab:orange", 2: "tab:green", -1: "tab:gray"}
-    names = list(rollouts_by_name)
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4.2), squeeze=False)
-    for ax, name in zip(axes[0], names, strict=True):
-        r = rollouts_by_name[name]
-        for i in range(min(max_episodes, len(r["success"]))):
-            p = r["positions"][i, : int(r["length"][i]) + 1] - r["cup"][i]
-            style = "-" if r["success"][i] else ":"
-            ax.plot(p[:, 0], p[:, 1], style, color=colors[int(r["mode"][i])], lw=1, alpha=0.7)
-        ax.add_patch(patches.Circle((0, 0), mm.CUP_RADIUS, color="black"))
-        ax.add_patch(patches.Rectangle(
-            (mm.WALL_X[0], -mm.WALL_HALF_HEIGHT), mm.WALL_X[1] - mm.WALL_X[0],
-            2 * mm.WALL_HALF_HEIGHT, color="dimgray"))  # fmt: skip
-        rate = float(np.mean(r["success"]))
-        ax.set_title(f"{name}: success {rate:.0%}")
-        ax.set_xlim(-1.05, 0.45)
-        ax.set_ylim(-0.75, 0.75)
-        ax.set_aspect("equal")
-        ax.set_xticks([])
-        ax.set_yticks([])
-    handles = [plt.Line2D([], [], color=colors[k], label=lbl) for k, lbl in
-               [(0, "north"), (1, "east"), (2, "south"), (-1, "no valid side")]]  # fmt: skip
-    fig.legend(handles=handles, loc="lower center", ncol=4, frameon=False)
-    fig.suptitle("Rollouts in the cup frame (solid: success, dotted: failure; wall at left)")
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-# ----------------------------------------------------------------- simulator tasks (gym)
+def _film(out: dict[str, list], step: int, env) -> bool:
+    """Appends env's frame at `step` to out["frames"]; False (no more frames) where the env
+    cannot render here (a headless machine without EGL/OSMesa): the pictures are optional,
+    the rollouts' numbers are not."""
+    try:
+        out["frames"].append((step, env.render()))
+        return True
+    except Exception as e:  # mujoco raises its own FatalError, gym envs their own
+        warnings.warn(f"no frames: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=2)
+        out["frames"].clear()
+        return False
 
 
 def rollout_gym(
@@ -325,7 +181,7 @@ def rollout_gym(
             first = [env.reset(seed=s)[0] for env, s in zip(envs, seeds, strict=True)]
             filming = frames > 0 and start == seed and hasattr(envs[0], "render")
             if filming:
-                out["frames"].append((0, envs[0].render()))
+                filming = _film(out, 0, envs[0])
             history = {k: np.stack([np.repeat(o[k][None], c.obs_horizon, 0) for o in first])
                        for k in keys}  # fmt: skip
             done = np.zeros(len(envs), bool)
@@ -357,7 +213,7 @@ def rollout_gym(
                         coverage[i].append(float(info["coverage"]))
                     done[i] = success[i] or terminated or truncated
                     if filming and i == 0 and (length[0] % frame_every == 0 or done[0]):
-                        out["frames"].append((int(length[0]), env.render()))
+                        filming = _film(out, int(length[0]), env)
                     for k in keys:
                         history[k][i] = np.concatenate([history[k][i][1:], obs[k][None]], 0)
                 if progress is not None:
@@ -374,83 +230,6 @@ def rollout_gym(
         out["max_coverage"] += [max(cv) if cv else float("nan") for cv in coverage]
         out["final_coverage"] += [cv[-1] if cv else float("nan") for cv in coverage]
     return out
-
-
-def plot_frames(frames: list[tuple[int, np.ndarray]], path, title: str = "", max_frames: int = 8):
-    """A strip of (step, image) frames, e.g. `rollout_gym(..., frames=6)["frames"]`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if len(frames) > max_frames:  # keep the first and last, evenly in between
-        picks = np.linspace(0, len(frames) - 1, max_frames).round().astype(int)
-        frames = [frames[i] for i in picks]
-    fig, axes = plt.subplots(1, len(frames), figsize=(2.2 * len(frames), 2.5), squeeze=False)
-    for ax, (step, image) in zip(axes[0], frames, strict=True):
-        ax.imshow(image)
-        ax.set_title(f"step {step}", fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
-
-
-def max_reward(max_coverage, success_coverage: float = 0.95) -> np.ndarray:
-    """Diffusion Policy's PushT score of episodes: clip(max coverage / 0.95, 0, 1) each.
-
-    `mean_max_reward` is its mean over episodes (the paper's metric; gym-pusht's own reward
-    is the same function of coverage). A NaN coverage (no step taken) scores 0.
-    """
-    coverage = np.nan_to_num(np.asarray(max_coverage, np.float64), nan=0.0)
-    return np.clip(coverage / success_coverage, 0.0, 1.0)
-
-
-def summarize_gym(rollouts: dict[str, Any], action_horizon: int) -> dict[str, Any]:
-    """Success (95% CI), smoothness, lengths and, where the env reports coverage (PushT),
-    mean max / final coverage and `mean_max_reward`. "per_episode" keeps each episode's
-    seed, success, length (and coverage and max reward), so results can be re-aggregated."""
-    n = len(rollouts["success"])
-    successes = int(np.sum(rollouts["success"]))
-    horizon = max(len(a) for a in rollouts["actions"])
-    dim = rollouts["actions"][0].shape[-1]
-    padded = np.zeros((n, horizon, dim))
-    for i, a in enumerate(rollouts["actions"]):
-        padded[i, : len(a)] = a
-    lengths = np.asarray(rollouts["length"])
-    boundary, inside = chunk_boundary_jumps(padded, lengths, action_horizon)
-    metrics = {
-        "episodes": n,
-        "success_rate": successes / n,
-        "success_ci95": wilson_interval(successes, n),
-        "mean_squared_jerk": mean_squared_jerk(padded, lengths),
-        "chunk_jump": boundary,
-        "within_chunk_step": inside,
-        "mean_episode_length": float(np.mean(lengths)),
-    }
-    per_episode = {
-        "seed": [int(s) for s in rollouts.get("seed", range(n))],
-        "success": [bool(s) for s in rollouts["success"]],
-        "length": [int(x) for x in lengths],
-    }
-    if not all(math.isnan(v) for v in rollouts["max_coverage"]):
-        from dpjax.envs.pusht import SUCCESS_COVERAGE
-
-        rewards = max_reward(rollouts["max_coverage"], SUCCESS_COVERAGE)
-        metrics["mean_max_reward"] = float(np.mean(rewards))
-        metrics["max_coverage"] = float(np.nanmean(rollouts["max_coverage"]))
-        metrics["final_coverage"] = float(np.nanmean(rollouts["final_coverage"]))
-        per_episode["max_coverage"] = [float(c) for c in rollouts["max_coverage"]]
-        per_episode["max_reward"] = [float(r) for r in rewards]
-    metrics["per_episode"] = per_episode
-    return metrics
-
-
-# ----------------------------------------------------------------- any task
 
 
 def evaluate_on_task(

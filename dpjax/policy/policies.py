@@ -23,114 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from dpjax import losses, samplers, schedules
+from dpjax.config import DTYPES, POLICY_KINDS, PolicyConfig
 from dpjax.data import Normalizer
-from dpjax.data.windows import check_horizons
+from dpjax.data.features import ArraySpec
 from dpjax.errors import ConfigError, DataError, ShapeError, unknown_name
-from dpjax.nets import DENOISERS, ObservationEncoder, make_denoiser, mish
-
-POLICY_KINDS: tuple[str, ...] = ("diffusion", "bc")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+from dpjax.nets import DENOISERS, BCHead, ObservationEncoder, make_denoiser
 
 Observation = Mapping[str, jnp.ndarray]  # {key: (B, obs_horizon, *shape)}
-
-
-@dataclasses.dataclass(frozen=True)
-class PolicyConfig:
-    """Everything that fixes a policy's architecture and its default inference."""
-
-    kind: str = "diffusion"
-    action_dim: int = 2
-    obs_horizon: int = 2
-    pred_horizon: int = 16
-    action_horizon: int = 8
-    # Observation encoder.
-    low_dim_keys: tuple[str, ...] = ("state",)
-    image_keys: tuple[str, ...] = ()
-    image_encoder: str = "resnet18"
-    crop_hw: tuple[int, int] | None = None
-    low_dim_features: int | None = 64
-    # Training-time augmentation: Gaussian noise of this std added to every normalized
-    # ([-1, 1]) low-dim observation, against overfitting a few hundred demonstrations.
-    obs_noise_std: float = 0.0
-    # Denoiser: "mlp" | "unet1d" | "transformer", and the sizes each one reads.
-    denoiser: str = "unet1d"
-    down_dims: tuple[int, ...] = (256, 512, 1024)
-    kernel_size: int = 5
-    n_groups: int = 8
-    step_embed_dim: int = 128
-    hidden_dims: tuple[int, ...] = (512, 512, 256)
-    width: int = 256
-    num_layers: int = 4
-    num_heads: int = 4
-    causal: bool = False
-    dtype: str = "float32"
-    # Diffusion process and training objective.
-    num_train_timesteps: int = 100
-    beta_schedule: str = "squaredcos_cap_v2"
-    prediction_type: str = "epsilon"
-    timestep_sampling: str = "uniform"
-    loss_weighting: str = "none"
-    # Default inference (any sampler / step count can be chosen later without retraining).
-    # dpmsolver++: at 10 steps the closest of the ODE solvers to the 1000-step answer on the
-    # exact-denoiser test (tests/test_samplers.py: 0.13 against DDIM's 0.23).
-    sampler: str = "dpmsolver++"
-    num_inference_steps: int = 10
-    clip_sample: float | None = 1.0
-    timestep_spacing: str = "trailing"
-    eta: float = 0.0
-
-    def validate(self) -> None:
-        if self.kind not in POLICY_KINDS:
-            raise unknown_name("policy kind", self.kind, POLICY_KINDS)
-        if self.dtype not in DTYPES:
-            raise unknown_name("dtype", self.dtype, DTYPES)
-        check_horizons(self.obs_horizon, self.pred_horizon, self.action_horizon)
-        if self.obs_horizon - 1 + self.action_horizon > self.pred_horizon:
-            raise ConfigError(
-                f"obs_horizon - 1 + action_horizon ({self.obs_horizon - 1 + self.action_horizon})"
-                f" must be <= pred_horizon ({self.pred_horizon}): the executed actions start at "
-                "the current step, index obs_horizon - 1 of the predicted chunk"
-            )
-        if not self.low_dim_keys and not self.image_keys:
-            raise ConfigError("a policy needs at least one observation key")
-        if not self.obs_noise_std >= 0:
-            raise ConfigError(f"obs_noise_std must be >= 0, got {self.obs_noise_std}")
-        if self.kind == "diffusion" and self.denoiser not in DENOISERS:
-            raise unknown_name("denoiser", self.denoiser, DENOISERS)
-        if self.kind == "diffusion":
-            samplers.validate_options(self.sampler_options(), self.num_train_timesteps)
-
-    def sampler_options(self, **overrides) -> samplers.SamplerOptions:
-        fields = dict(
-            method=self.sampler,
-            num_inference_steps=self.num_inference_steps,
-            prediction_type=self.prediction_type,
-            clip_sample=self.clip_sample,
-            timestep_spacing=self.timestep_spacing,
-            eta=self.eta,
-        )
-        # None means "the config's" for the method and step count; for the other options
-        # (clip_sample=None: no clipping) it is a value.
-        unset = {k for k in ("method", "num_inference_steps") if overrides.get(k) is None}
-        fields.update({k: v for k, v in overrides.items() if k not in unset})
-        return samplers.SamplerOptions(**fields)
-
-
-class BCHead(nn.Module):
-    """conditioning (B, C) -> actions (B, H, A): Mish MLP, the seed's fusion sizes."""
-
-    pred_horizon: int
-    action_dim: int
-    hidden_dims: Sequence[int] = (512, 512, 256)
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, cond: jnp.ndarray) -> jnp.ndarray:
-        x = cond.astype(self.dtype)
-        for width in self.hidden_dims:
-            x = mish(nn.Dense(width, dtype=self.dtype)(x))
-        x = nn.Dense(self.pred_horizon * self.action_dim, dtype=self.dtype)(x)
-        return x.reshape(cond.shape[0], self.pred_horizon, self.action_dim)
 
 
 def _build_encoder(config: PolicyConfig) -> ObservationEncoder:
@@ -153,28 +52,28 @@ def _build_denoiser(config: PolicyConfig, cond_dim: int) -> nn.Module:
         return make_denoiser(
             "mlp",
             action_dim=config.action_dim,
-            action_horizon=config.pred_horizon,
+            pred_horizon=config.pred_horizon,
             cond_dim=cond_dim,
             hidden_dims=config.hidden_dims,
-            timestep_embed_dim=config.step_embed_dim,
+            step_embed_dim=config.step_embed_dim,
             dtype=dtype,
         )
     if config.denoiser == "unet1d":
         return make_denoiser(
             "unet1d",
             action_dim=config.action_dim,
-            global_cond_dim=cond_dim,
+            cond_dim=cond_dim,
             down_dims=config.down_dims,
             kernel_size=config.kernel_size,
             n_groups=config.n_groups,
-            diffusion_step_embed_dim=config.step_embed_dim,
+            step_embed_dim=config.step_embed_dim,
             dtype=dtype,
         )
     if config.denoiser == "transformer":
         return make_denoiser(
             "transformer",
             action_dim=config.action_dim,
-            action_horizon=config.pred_horizon,
+            pred_horizon=config.pred_horizon,
             cond_dim=cond_dim,
             max_cond_tokens=max(32, 2 * config.obs_horizon * 8),
             num_layers=config.num_layers,
@@ -218,12 +117,6 @@ class PolicyNetwork(nn.Module):
         if self.config.kind == "diffusion":
             return self.denoise(noisy_actions, timestep, cond)
         return self.regress(cond)
-
-
-@dataclasses.dataclass(frozen=True)
-class ArraySpec:
-    shape: tuple[int, ...]  # per step, without batch and time axes
-    dtype: str
 
 
 def observation_spec_from_stats(stats, keys: Sequence[str]) -> dict[str, ArraySpec]:

@@ -15,9 +15,7 @@ several seconds on a 2-core CPU: a GPU job).
 
 import dataclasses
 
-from dpjax.policy import PolicyConfig
-from dpjax.run import TrainConfig
-from dpjax.train import OptimConfig
+from dpjax.config import OptimConfig, PolicyConfig, TrainConfig
 
 CONFIG = TrainConfig(
     dataset="data/pusht_kp",

@@ -14,7 +14,6 @@ so `resume` continues a killed run to exactly the parameters an uninterrupted ru
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import shutil
@@ -27,43 +26,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from dpjax import config as config_lib
-from dpjax import policy as policy_lib
-from dpjax import train as train_lib
-from dpjax.checkpoint import Checkpointer, load_json, save_json_atomic
-from dpjax.data import Normalizer, load_dataset, make_window_data
+from dpjax.checkpoint import Checkpointer, save_json_atomic
+from dpjax.config import TrainConfig
+from dpjax.data import collection_task, load_dataset, make_window_data
 from dpjax.errors import ConfigError, DpjaxError
-
-CONFIG_FILENAME = "config.json"
-METRICS_FILENAME = "metrics.jsonl"
+from dpjax.evaluate.rollouts import evaluate_on_task
+from dpjax.policy.loading import (
+    CONFIG_FILENAME,
+    abstract_train_state,
+    build_policy,
+    policy_metadata,
+)
+from dpjax.training import step as step_lib
+from dpjax.training.logs import METRICS_FILENAME, MetricsLog
 
 
 class TrainingDivergedError(DpjaxError):
     """The loss, gradients or parameters became NaN or inf; the last good checkpoint is kept."""
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    dataset: str = ""
-    policy: policy_lib.PolicyConfig = policy_lib.PolicyConfig()
-    optim: train_lib.OptimConfig = train_lib.OptimConfig()
-    seed: int = 0
-    batch_size: int = 64
-    num_steps: int = 1000
-    log_every: int = 50
-    eval_every: int = 250
-    checkpoint_every: int = 250
-    max_to_keep: int = 3
-    val_fraction: float = 0.05
-    val_batches: int = 4
-    num_devices: int | None = None
-    max_episodes: int | None = None
-    # Closed-loop rollouts of the EMA policy during training (0: never): every N steps (a
-    # checkpoint is saved there too), `rollout_episodes` episodes on the dataset's task from
-    # seed `rollout_seed`, apart from `dpjax eval`'s 100000.. so that choosing a checkpoint
-    # by them (`dpjax eval --best-rollout`) does not pick on the test episodes.
-    rollout_every: int = 0
-    rollout_episodes: int = 50
-    rollout_seed: int = 200_000
 
 
 def split_episodes(num_episodes: int, val_fraction: float, seed: int):
@@ -92,65 +71,6 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
-def load_run_config(run_dir: Path) -> TrainConfig:
-    data = load_json(Path(run_dir) / CONFIG_FILENAME, "run config")
-    return config_lib.from_dict(TrainConfig, data)
-
-
-def build_policy(config: TrainConfig, dataset):
-    """The policy, its normalizer from the dataset statistics, and the observation spec."""
-    stats = dataset.stats or dataset.compute_stats()
-    pc = config.policy
-    # Step-level conditioning (language embeddings) passes through unnormalized.
-    keys = [
-        "action",
-        *(f"observation/{k}" for k in pc.low_dim_keys if f"observation/{k}" in stats.arrays),
-    ]
-    normalizer = Normalizer.from_stats(stats, keys)
-    spec = policy_lib.observation_spec_from_stats(stats, [*pc.low_dim_keys, *pc.image_keys])
-    action_shape = tuple(stats.spec["action"][0])
-    if action_shape != (pc.action_dim,):
-        raise ConfigError(
-            f"policy.action_dim={pc.action_dim} but the dataset's actions have shape {action_shape}"
-        )
-    return policy_lib.make_policy(pc, normalizer, spec), normalizer, spec
-
-
-def policy_metadata(config: TrainConfig, normalizer: Normalizer, spec) -> dict[str, Any]:
-    return {
-        "config": config_lib.to_dict(config),
-        "normalizer": normalizer.to_dict(),
-        "observation_spec": {k: [list(s.shape), s.dtype] for k, s in spec.items()},
-    }
-
-
-def load_policy(run_dir: str | Path, *, best: bool = False, step: int | None = None):
-    """(policy, EMA params, metadata) of a run's latest (or best, or given) checkpoint;
-    metadata["step"] is the checkpoint's training step."""
-    run_dir = Path(run_dir)
-    with Checkpointer(run_dir) as ckpt:
-        metadata = ckpt.restore_metadata(step, best=best)
-        config = config_lib.from_dict(TrainConfig, metadata["config"])
-        normalizer = Normalizer.from_dict(metadata["normalizer"])
-        spec = {
-            k: policy_lib.ArraySpec(tuple(shape), dtype)
-            for k, (shape, dtype) in metadata["observation_spec"].items()
-        }
-        policy = policy_lib.make_policy(config.policy, normalizer, spec)
-        abstract = abstract_train_state(policy, config)
-        state, metadata = ckpt.restore(abstract, step, best=best)
-    return policy, state.ema_params, {**metadata, "step": int(state.step)}
-
-
-def abstract_train_state(policy, config: TrainConfig):
-    optimizer = train_lib.make_optimizer(config.optim, config.num_steps)
-    return jax.eval_shape(
-        lambda: train_lib.init_train_state(
-            policy.init_params(jax.random.key(0)), optimizer, jax.random.key(0)
-        )
-    )
-
-
 def train(
     config: TrainConfig,
     run_dir: str | Path,
@@ -169,8 +89,6 @@ def train(
     """
     from tqdm import tqdm
 
-    from dpjax.logs import MetricsLog
-
     run_dir = Path(run_dir)
     if not config.dataset:
         raise ConfigError("config.dataset is empty: set it to a dataset directory")
@@ -180,7 +98,7 @@ def train(
             f"and {config.rollout_episodes}"
         )
     prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
-    train_lib.maybe_initialize_distributed()
+    step_lib.maybe_initialize_distributed()
     dataset = load_dataset(config.dataset)
     policy, normalizer, spec = build_policy(config, dataset)
     num_episodes = (
@@ -194,18 +112,18 @@ def train(
         action_horizon=pc.action_horizon,
         observation_keys=[*pc.low_dim_keys, *pc.image_keys],
     )
-    mesh = train_lib.make_mesh(config.num_devices)
-    train_data = train_lib.put_replicated(
+    mesh = step_lib.make_mesh(config.num_devices)
+    train_data = step_lib.put_replicated(
         make_window_data([dataset[int(i)] for i in train_ids], **horizons), mesh
     )
     val_data = (
-        train_lib.put_replicated(
+        step_lib.put_replicated(
             make_window_data([dataset[int(i)] for i in val_ids], **horizons), mesh
         )
         if len(val_ids)
         else None
     )
-    optimizer = train_lib.make_optimizer(config.optim, config.num_steps)
+    optimizer = step_lib.make_optimizer(config.optim, config.num_steps)
     metadata = policy_metadata(config, normalizer, spec)
     save_json_atomic(run_dir / CONFIG_FILENAME, metadata["config"])
     checkpointer = Checkpointer(run_dir, max_to_keep=config.max_to_keep)
@@ -213,17 +131,15 @@ def train(
         state, _ = checkpointer.restore(abstract_train_state(policy, config))
     else:
         key = jax.random.key(config.seed)
-        state = train_lib.init_train_state(policy.init(key), optimizer, jax.random.fold_in(key, 1))
-    state = train_lib.put_replicated(state, mesh)
-    step_fn = train_lib.make_train_step(
+        state = step_lib.init_train_state(policy.init(key), optimizer, jax.random.fold_in(key, 1))
+    state = step_lib.put_replicated(state, mesh)
+    step_fn = step_lib.make_train_step(
         policy.loss, optimizer, config.optim, mesh, config.batch_size, config.num_steps
     )
     eval_fn = (
         # The standard objective (uniform timesteps, unweighted): runs with different
         # timestep sampling or loss weighting report comparable validation losses.
-        train_lib.make_eval_loss(
-            policy.validation_loss, mesh, config.batch_size, config.val_batches
-        )
+        step_lib.make_eval_loss(policy.validation_loss, mesh, config.batch_size, config.val_batches)
         if val_data is not None
         else None
     )
@@ -289,11 +205,8 @@ def train(
 def rollout_metrics(policy, params, config: TrainConfig, dataset) -> dict[str, float]:
     """{"rollout_score", "rollout_success"} of closed-loop episodes on the dataset's task with
     the policy's default sampler (score: PushT's mean_max_reward, else success)."""
-    from dpjax import evaluate
-    from dpjax.data import collection_task
-
     task_name, task_options = collection_task(dataset)
-    metrics, _ = evaluate.evaluate_on_task(
+    metrics, _ = evaluate_on_task(
         policy, params, task_name, task_options, num_episodes=config.rollout_episodes,
         seed=config.rollout_seed, latency=False,
     )  # fmt: skip

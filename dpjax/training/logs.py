@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from dpjax.run import METRICS_FILENAME
+METRICS_FILENAME = "metrics.jsonl"  # in the run directory
 
 
 class MetricsLog:

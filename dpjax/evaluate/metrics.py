@@ -1,0 +1,174 @@
+"""Metrics of closed-loop rollouts: success with a Wilson interval, mode frequencies against
+the expert's, smoothness (jerk, chunk-boundary jumps), chunk latency, PushT's max reward."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion (sound at 0% and 100%)."""
+    if trials == 0:
+        return (0.0, 1.0)
+    p = successes / trials
+    denom = 1 + z**2 / trials
+    center = (p + z**2 / (2 * trials)) / denom
+    half = z * math.sqrt(p * (1 - p) / trials + z**2 / (4 * trials**2)) / denom
+    return (max(0.0, center - half), min(1.0, center + half))
+
+
+def mean_squared_jerk(actions: np.ndarray, lengths: np.ndarray) -> float:
+    """Mean over episodes and valid steps of |third difference of actions|^2.
+
+    actions (N, T, A), lengths (N,) executed steps per episode.
+    """
+    values = []
+    for a, n in zip(actions, lengths, strict=True):
+        if n >= 4:
+            jerk = np.diff(a[:n], n=3, axis=0)
+            values.append(float(np.mean(np.sum(jerk**2, axis=-1))))
+    return float(np.mean(values)) if values else float("nan")
+
+
+def chunk_boundary_jumps(actions: np.ndarray, lengths: np.ndarray, action_horizon: int):
+    """(mean |a_t - a_{t-1}| where t starts a new chunk, mean |a_t - a_{t-1}| inside chunks)."""
+    boundary, inside = [], []
+    for a, n in zip(actions, lengths, strict=True):
+        steps = np.linalg.norm(np.diff(a[:n], axis=0), axis=-1)  # step t -> t+1 at index t
+        for t in range(1, n):
+            (boundary if t % action_horizon == 0 else inside).append(steps[t - 1])
+    mean = lambda x: float(np.mean(x)) if x else float("nan")
+    return mean(boundary), mean(inside)
+
+
+def measure_chunk_latency(policy, params, repeats: int = 20, **options) -> dict[str, float]:
+    """Median and p95 wall time of one (batch-1) observation -> action chunk call."""
+    fn = policy.inference_fn(**options)
+    observation = policy.example_observation(1)
+    key = jax.random.key(0)
+    jax.block_until_ready(fn(params, observation, key))  # compile
+    times = []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(params, observation, jax.random.fold_in(key, i)))
+        times.append(time.perf_counter() - t0)
+    median = statistics.median(times)
+    return {
+        "chunk_latency_ms": median * 1e3,
+        "chunk_latency_p95_ms": float(np.percentile(times, 95)) * 1e3,
+        "max_control_hz": policy.config.action_horizon / median,
+    }
+
+
+def summarize_multimodal(
+    rollouts: dict[str, np.ndarray], action_horizon: int, expert_mode_frequencies=None
+) -> dict[str, Any]:
+    """Success, collisions, modes, smoothness of multimodal rollouts. `expert_mode_frequencies`
+    ({mode: fraction}) is what the policy's modes are compared with: measure it from the
+    demonstrations (`mode_frequencies` of their episode modes); default: the task's
+    configured probabilities. "mode_frequency_error" is the largest |policy - expert|.
+    "per_episode" keeps each episode's success, mode (-1: none), collision and length."""
+    from dpjax.envs.multimodal import MODE_PROBS, MODES, mode_frequencies
+
+    n = len(rollouts["success"])
+    successes = int(np.sum(rollouts["success"]))
+    modes = np.asarray(rollouts["mode"])
+
+    success_modes = modes[np.asarray(rollouts["success"], bool)]
+    expert = dict(expert_mode_frequencies or zip(MODES, MODE_PROBS, strict=True))
+    policy_modes = mode_frequencies(modes)
+    boundary, inside = chunk_boundary_jumps(rollouts["actions"], rollouts["length"], action_horizon)
+    goals = np.asarray(rollouts.get("goal", np.full(n, -1)))
+    commanded = goals >= 0
+    goal_side = (
+        {"goal_side_rate": float(np.mean(modes[commanded] == goals[commanded]))}
+        if commanded.any()
+        else {}
+    )
+    return {
+        **goal_side,
+        "episodes": n,
+        "success_rate": successes / n,
+        "success_ci95": wilson_interval(successes, n),
+        "collision_rate": float(np.mean(rollouts["collision"])),
+        "mode_frequencies": policy_modes,
+        "success_mode_frequencies": mode_frequencies(success_modes),
+        "no_mode_fraction": float(np.mean(modes < 0)),
+        "expert_mode_frequencies": expert,
+        "mode_frequency_error": max(abs(policy_modes[m] - expert[m]) for m in MODES),
+        "mean_squared_jerk": mean_squared_jerk(rollouts["actions"], rollouts["length"]),
+        "chunk_jump": boundary,
+        "within_chunk_step": inside,
+        "mean_episode_length": float(np.mean(rollouts["length"])),
+        "per_episode": {
+            "success": [bool(s) for s in rollouts["success"]],
+            "mode": [int(m) for m in modes],
+            "collision": [bool(c) for c in rollouts["collision"]],
+            "length": [int(x) for x in rollouts["length"]],
+            **({"goal": [int(g) for g in goals]} if commanded.any() else {}),
+        },
+    }
+
+
+def demonstration_mode_frequencies(episodes) -> dict[str, float]:
+    """The expert's mode frequencies measured on demonstrations (episodes of a multimodal
+    dataset, each with `episode_metadata["mode"]`): what a policy's modes should match."""
+    from dpjax.envs.multimodal import mode_frequencies
+
+    return mode_frequencies(int(e["episode_metadata"].get("mode", -1)) for e in episodes)
+
+
+def max_reward(max_coverage, success_coverage: float = 0.95) -> np.ndarray:
+    """Diffusion Policy's PushT score of episodes: clip(max coverage / 0.95, 0, 1) each.
+
+    `mean_max_reward` is its mean over episodes (the paper's metric; gym-pusht's own reward
+    is the same function of coverage). A NaN coverage (no step taken) scores 0.
+    """
+    coverage = np.nan_to_num(np.asarray(max_coverage, np.float64), nan=0.0)
+    return np.clip(coverage / success_coverage, 0.0, 1.0)
+
+
+def summarize_gym(rollouts: dict[str, Any], action_horizon: int) -> dict[str, Any]:
+    """Success (95% CI), smoothness, lengths and, where the env reports coverage (PushT),
+    mean max / final coverage and `mean_max_reward`. "per_episode" keeps each episode's
+    seed, success, length (and coverage and max reward), so results can be re-aggregated."""
+    n = len(rollouts["success"])
+    successes = int(np.sum(rollouts["success"]))
+    horizon = max(len(a) for a in rollouts["actions"])
+    dim = rollouts["actions"][0].shape[-1]
+    padded = np.zeros((n, horizon, dim))
+    for i, a in enumerate(rollouts["actions"]):
+        padded[i, : len(a)] = a
+    lengths = np.asarray(rollouts["length"])
+    boundary, inside = chunk_boundary_jumps(padded, lengths, action_horizon)
+    metrics = {
+        "episodes": n,
+        "success_rate": successes / n,
+        "success_ci95": wilson_interval(successes, n),
+        "mean_squared_jerk": mean_squared_jerk(padded, lengths),
+        "chunk_jump": boundary,
+        "within_chunk_step": inside,
+        "mean_episode_length": float(np.mean(lengths)),
+    }
+    per_episode = {
+        "seed": [int(s) for s in rollouts.get("seed", range(n))],
+        "success": [bool(s) for s in rollouts["success"]],
+        "length": [int(x) for x in lengths],
+    }
+    if not all(math.isnan(v) for v in rollouts["max_coverage"]):
+        from dpjax.envs.pusht import SUCCESS_COVERAGE
+
+        rewards = max_reward(rollouts["max_coverage"], SUCCESS_COVERAGE)
+        metrics["mean_max_reward"] = float(np.mean(rewards))
+        metrics["max_coverage"] = float(np.nanmean(rollouts["max_coverage"]))
+        metrics["final_coverage"] = float(np.nanmean(rollouts["final_coverage"]))
+        per_episode["max_coverage"] = [float(c) for c in rollouts["max_coverage"]]
+        per_episode["max_reward"] = [float(r) for r in rewards]
+    metrics["per_episode"] = per_episode
+    return metrics

@@ -1,0 +1,69 @@
+"""`dpjax eval RUN_DIR` on the success path, for each task family: the task rebuilt from the
+dataset's collection record (its options included), JSON with per-episode values, Markdown,
+and a picture. (PushT's is tests/test_experiments_configs.py, through its shipped recipes.)"""
+
+import json
+
+import pytest
+
+from dpjax import cli
+from dpjax.config import apply_overrides
+from dpjax.configs import multimodal_diffusion
+from dpjax.envs.collect import collect, collect_demos
+from dpjax.envs.tasks import make_task
+from dpjax.training.loop import train
+
+TINY = ["num_steps=4", "batch_size=8", "log_every=2", "eval_every=4", "checkpoint_every=4",
+        "policy.hidden_dims=(32,32)", "policy.low_dim_features=8", "val_fraction=0.5"]  # fmt: skip
+
+
+def tiny_run(dataset, run_dir, *overrides):
+    config = apply_overrides(multimodal_diffusion.recipe(dataset), [*TINY, *overrides])
+    train(config, run_dir, progress=False)
+    return run_dir
+
+
+def read_eval(run_dir) -> tuple[dict, list[str]]:
+    out = run_dir / "eval"
+    (result,) = out.glob("eval_*.json")
+    return json.loads(result.read_text()), sorted(p.suffix for p in out.iterdir())
+
+
+def test_goal_conditioned_multimodal_run_evaluates_on_its_own_task(tmp_path, capsys):
+    data = collect_demos(tmp_path / "data", 6, 0, progress=False, goal_conditioned=True)
+    # The collection record keeps the option, so eval rebuilds the task with goals.
+    stats = json.loads((data / "dpjax_stats.json").read_text())
+    assert stats["info"]["collection"]["task_options"] == {"goal_conditioned": True}
+    run = tiny_run(data, tmp_path / "run", "policy.low_dim_keys=('state','goal')")
+    assert cli.main(["eval", str(run), "--episodes", "4", "--steps", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "mode_frequencies" in printed and "wrote" in printed
+    metrics, suffixes = read_eval(run)
+    assert metrics["task"] == "multimodal" and metrics["num_inference_steps"] == 2
+    assert len(metrics["per_episode"]["success"]) == 4
+    assert set(metrics["mode_frequencies"]) == {"north", "east", "south"}
+    assert suffixes == [".json", ".md", ".png"]
+
+    # Collected again with other options, the dataset is not reused as it was.
+    collect_demos(data, 6, 0, progress=False)
+    stats = json.loads((data / "dpjax_stats.json").read_text())
+    assert stats["info"]["collection"]["task_options"] == {}
+
+
+def test_metaworld_run_evaluates(tmp_path, capsys):
+    # dpjax's adapter first: it picks a headless GL backend before mujoco loads.
+    pytest.importorskip("dpjax.envs.metaworld")
+    pytest.importorskip("metaworld")
+    name = "metaworld-reach-v3"
+    options = {"max_episode_steps": 100}
+    data, _ = collect(make_task(name, **options), tmp_path / "data", episodes=2,
+                      task_options=options, progress=False)  # fmt: skip
+    run = tiny_run(data, tmp_path / "run", "policy.action_dim=4", "policy.pred_horizon=16",
+                   "policy.action_horizon=8")  # fmt: skip
+    assert cli.main(["eval", str(run), "--episodes", "2", "--steps", "2"]) == 0
+    capsys.readouterr()
+    metrics, suffixes = read_eval(run)
+    assert metrics["task"] == name
+    assert len(metrics["per_episode"]["success"]) == 2
+    # The strip of frames where this machine renders (EGL); the numbers either way.
+    assert suffixes in ([".json", ".md", ".png"], [".json", ".md"])
