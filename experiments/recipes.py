@@ -101,6 +101,9 @@ VARIANTS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
         "dart10_noise05": ("noise05 on DART demonstrations (execution noise 10 px)",
                            (*_PUSHT_30K, "policy.pred_horizon=16", "policy.action_horizon=8",
                             "policy.obs_noise_std=0.05")),
+        "ah4_60k": ("shipped, executing 4 (in-training rollouts too), 60k steps, rollouts every 5k",
+                    ("policy.action_horizon=4", "num_steps=60000", "rollout_every=5000",
+                     "checkpoint_every=5000", "eval_every=5000", "max_to_keep=12")),
         "shipped": ("the shipped recipe (dpjax/configs/pusht_keypoints.py)", ()),
     },
 }  # fmt: skip
