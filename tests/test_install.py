@@ -8,6 +8,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -55,3 +57,17 @@ def test_wheel_ships_the_configs_and_an_installed_dpjax_loads_them(tmp_path):
         "pusht_keypoints diffusion",
         "PAPER unet1d",
     ]
+
+
+def test_the_public_surface_resolves_to_the_library():
+    import dpjax
+    from dpjax.config import TrainConfig
+    from dpjax.policy.loading import load_policy
+    from dpjax.training.loop import train
+
+    assert dpjax.TrainConfig is TrainConfig and dpjax.train is train
+    assert dpjax.load_policy is load_policy
+    for name in dpjax.__all__:
+        assert callable(getattr(dpjax, name)), name
+    with pytest.raises(AttributeError, match="no_such_thing"):
+        dpjax.no_such_thing  # noqa: B018

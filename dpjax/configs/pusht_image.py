@@ -35,8 +35,8 @@ CONFIG = dataclasses.replace(
         crop_hw=(84, 84),
     ),
     batch_size=64,
-    # Not yet measured on the CPU (the keypoint recipe's 150k steps are not assumed here);
-    # rollouts every 5k steps choose the checkpoint (`dpjax eval --best-rollout`).
+    # Not yet measured on the CPU (the keypoint recipe's 10k steps at batch 256 are not
+    # assumed here); rollouts every 5k steps choose the checkpoint (`--best-rollout`).
     num_steps=30_000,
     eval_every=2_500,
     checkpoint_every=2_500,
