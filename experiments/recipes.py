@@ -104,6 +104,10 @@ VARIANTS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
         "ah4_60k": ("shipped, executing 4 (in-training rollouts too), 60k steps, rollouts every 5k",
                     ("policy.action_horizon=4", "num_steps=60000", "rollout_every=5000",
                      "checkpoint_every=5000", "eval_every=5000", "max_to_keep=12")),
+        "wide_ah4_30k": ("ah4_60k with a 1024-1024-512 MLP, 30k steps",
+                         ("policy.action_horizon=4", "num_steps=30000", "rollout_every=5000",
+                          "checkpoint_every=5000", "eval_every=5000", "max_to_keep=12",
+                          "policy.hidden_dims=(1024,1024,512)")),
         "shipped": ("the shipped recipe (experiments/pusht_keypoints.py)", ()),
     },
 }  # fmt: skip
