@@ -38,6 +38,7 @@ _BC = (*_DEMO, "num_steps=4000", "eval_every=1000", "checkpoint_every=1000")
 # The PushT variants before the shipped recipe moved to 150k steps with rollouts: its earlier
 # 30k-step size, DDPM 100 by default, pinned so that their recorded cells stay reproducible.
 _PUSHT_30K = (
+    "policy.denoiser=mlp",
     "num_steps=30000",
     "eval_every=2500",
     "checkpoint_every=2500",
@@ -45,6 +46,15 @@ _PUSHT_30K = (
     "rollout_every=0",
     "policy.sampler=ddpm",
     "policy.num_inference_steps=100",
+)
+# The MLP recipe shipped before the UNet (its 150k-step size), as overrides on today's.
+_MLP_150K = (
+    "policy.denoiser=mlp",
+    "num_steps=150000",
+    "eval_every=10000",
+    "checkpoint_every=10000",
+    "max_to_keep=16",
+    "rollout_every=10000",
 )
 # variant name -> (what it tests, overrides on the task's base recipe)
 VARIANTS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
@@ -101,9 +111,12 @@ VARIANTS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
         "dart10_noise05": ("noise05 on DART demonstrations (execution noise 10 px)",
                            (*_PUSHT_30K, "policy.pred_horizon=16", "policy.action_horizon=8",
                             "policy.obs_noise_std=0.05")),
-        "ah4_60k": ("shipped, executing 4 (in-training rollouts too), 60k steps, rollouts every 5k",
-                    ("policy.action_horizon=4", "num_steps=60000", "rollout_every=5000",
-                     "checkpoint_every=5000", "eval_every=5000", "max_to_keep=12")),
+        "ah4_60k": ("mlp_150k executing 4 (in-training rollouts too), 60k steps, rollouts every 5k",
+                    (*_MLP_150K, "policy.action_horizon=4", "num_steps=60000",
+                     "rollout_every=5000", "checkpoint_every=5000", "eval_every=5000",
+                     "max_to_keep=12")),
+        "mlp_150k": ("the MLP recipe shipped before the UNet: 150k steps, rollouts every 10k",
+                     _MLP_150K),
         "shipped": ("the shipped recipe (dpjax/configs/pusht_keypoints.py)", ()),
     },
 }  # fmt: skip
