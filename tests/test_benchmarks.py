@@ -117,3 +117,25 @@ def test_vs_lerobot_without_lerobot_says_how_to_install(monkeypatch, capsys):
 def test_vs_lerobot_rejects_unmatched_cases():
     with pytest.raises(SystemExit):
         load("vs_lerobot").main(["--sample", "1x7"])
+
+
+@pytest.mark.parametrize(
+    "name, argv, expected",
+    [
+        ("collect_datasets", ["--tasks", "multimodal", "--episodes", "2"], "multimodal"),
+        ("expert_success", ["--tasks", "multimodal", "--episodes", "2"], "multimodal"),
+        ("pusht_expert", ["--episodes", "1"], "success rate"),
+        ("sampler_latency", ["--methods", "ddim", "--steps", "1", "--batches", "1"], "ddim"),
+        ("nets_primitives", ["--matmul", "--batches", "1", "--budget", "0.01"], "matmul"),
+    ],
+)
+def test_every_other_benchmark_runs_through_the_cli_at_a_tiny_size(name, argv, expected, capsys):
+    """`dpjax bench NAME` for the benchmarks the tests above do not time (reliability's
+    scenarios are tests/test_reliability_train.py's)."""
+    if name == "pusht_expert":
+        pytest.importorskip("gym_pusht")
+    from dpjax.cli import main as cli_main
+
+    assert cli_main(["bench", name, *argv]) == 0
+    out = capsys.readouterr().out
+    assert "|" in out and expected in out.lower(), out[-2000:]

@@ -99,6 +99,52 @@ def test_the_demo_variant_is_the_shipped_demo_recipe(tmp_path):
     assert bc == recipe(tmp_path, "bc", "mlp", bc_steps, 0)
 
 
+# Fields that do not change the trained parameters: when to log, validate, checkpoint and
+# roll out (each with its own keys), and the default sampler (inference only).
+NOT_TRAINING = ("log_every", "eval_every", "checkpoint_every", "max_to_keep", "rollout_every",
+                "rollout_episodes", "rollout_seed")  # fmt: skip
+
+
+def training_fields(config) -> dict:
+    import dataclasses
+
+    from dpjax.config import to_dict
+
+    policy = dataclasses.replace(config.policy, sampler="ddim", num_inference_steps=10)
+    fields = to_dict(dataclasses.replace(config, policy=policy))
+    return {k: v for k, v in fields.items() if k not in NOT_TRAINING}
+
+
+def test_the_measured_pusht_variants_train_what_they_say(tmp_path):
+    """unet32_noise05's cells are the shipped PushT recipe's training; mlp_150k rebuilds the
+    MLP recipe shipped before it."""
+    from dpjax.config import apply_overrides
+
+    recipes = load_recipes()
+    base = recipes.base_config("pusht", tmp_path, 0)  # the shipped pusht_keypoints CONFIG
+    _, overrides = recipes.VARIANTS["pusht"]["unet32_noise05"]
+    measured = apply_overrides(base, overrides)
+    assert training_fields(measured) == training_fields(base)
+    assert measured.policy.sampler == "ddpm" and measured.rollout_every == 0  # as recorded
+
+    _, overrides = recipes.VARIANTS["pusht"]["mlp_150k"]
+    mlp = apply_overrides(base, overrides)
+    assert (mlp.policy.denoiser, mlp.policy.hidden_dims, mlp.num_steps) == (
+        "mlp",
+        (512, 512, 256),
+        150_000,
+    )
+    assert (mlp.policy.prediction_type, mlp.policy.obs_noise_std, mlp.batch_size) == (
+        "sample",
+        0.05,
+        256,
+    )
+    # The 30k-step MLP variants stay MLPs whatever the shipped denoiser.
+    for name in ("mlp_x0", "noise05", "obs4_noise05", "dart10_noise05", "ah4_60k"):
+        _, overrides = recipes.VARIANTS["pusht"][name]
+        assert apply_overrides(base, overrides).policy.denoiser == "mlp", name
+
+
 def test_an_interrupted_cell_resumes_its_run_instead_of_retraining(tmp_path, monkeypatch):
     """A cell whose run dir holds checkpoints of the same config continues from them (a long
     PushT cell can span sittings); another config in that dir is trained afresh."""

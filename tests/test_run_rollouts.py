@@ -4,6 +4,8 @@
 import json
 import shutil
 
+import jax
+import numpy as np
 import pytest
 
 from dpjax import evaluate
@@ -11,7 +13,7 @@ from dpjax.cli import main as cli_main
 from dpjax.config import apply_overrides
 from dpjax.configs.multimodal_diffusion import recipe
 from dpjax.errors import ConfigError
-from dpjax.evaluate import best_rollout_step
+from dpjax.evaluate import best_rollout_step, rollouts
 from dpjax.policy import load_policy
 from dpjax.training.logs import read_metrics
 from dpjax.training.loop import train
@@ -25,9 +27,9 @@ def test_rollouts_during_training_are_logged_and_choose_the_checkpoint(tmp_path,
         ["rollout_every=12", "rollout_episodes=8", "checkpoint_every=10", "eval_every=10",
          "log_every=5", "max_to_keep=5"],
     )  # fmt: skip
-    compiled_before = evaluate._multimodal_program.cache_info()
+    compiled_before = rollouts._multimodal_program.cache_info()
     train(config, run, progress=False)
-    compiled = evaluate._multimodal_program.cache_info()
+    compiled = rollouts._multimodal_program.cache_info()
     # Three rollouts of one policy at one setting: one compiled program, reused twice.
     assert compiled.misses - compiled_before.misses == 1
     assert compiled.hits - compiled_before.hits == 2
@@ -58,3 +60,11 @@ def test_rollouts_during_training_are_logged_and_choose_the_checkpoint(tmp_path,
     (plain / "metrics.jsonl").write_text("\n".join(kept) + "\n")
     with pytest.raises(ConfigError, match="rollout_every"):
         best_rollout_step(plain)
+
+    # The rollouts (and the checkpoints they force) leave training alone: the same run
+    # without them ends at the same parameters, bit for bit.
+    quiet = apply_overrides(config, ["rollout_every=0"])
+    train(quiet, tmp_path / "quiet", progress=False)
+    _, quiet_params, _ = load_policy(tmp_path / "quiet")
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(quiet_params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
