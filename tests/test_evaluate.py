@@ -6,6 +6,7 @@ import pytest
 
 from dpjax import evaluate
 from dpjax.envs import multimodal as mm
+from dpjax.envs.tasks import multimodal_task
 
 
 def test_wilson_interval_known_values():
@@ -61,7 +62,7 @@ def replay_table(episodes, steps: int = 100):
 def test_rollout_loop_reproduces_expert_success():
     """Open-loop replay of the expert's actions through the closed-loop machinery: success and
     modes must equal what the expert measured when collecting (same seeds, same physics)."""
-    task = mm.make_task()
+    task = multimodal_task()
     episodes = task.collect_episodes(16, 0)
     table = replay_table(episodes)
 
@@ -88,7 +89,7 @@ def test_goal_conditioned_rollouts_score_the_commanded_side():
     the goal observation, every commanded side is reached, goal_side_rate is 1. (That a grasp
     from another side fails is tested on the environment itself.)"""
     config = mm.MultimodalConfig(goal_conditioned=True)
-    task = mm.make_task(goal_conditioned=True)
+    task = multimodal_task(goal_conditioned=True)
     episodes = task.collect_episodes(24, 0)
     table = replay_table(episodes)
     seen = []

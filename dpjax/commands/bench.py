@@ -40,6 +40,9 @@ def run(args) -> int:
     path = benchmarks_dir() / f"{args.name}.py"
     spec = importlib.util.spec_from_file_location(f"dpjax_bench_{args.name}", path)
     module = importlib.util.module_from_spec(spec)
+    # Registered before it runs, as an import would: dataclasses (and pickling) look their
+    # module up in sys.modules.
+    sys.modules[spec.name] = module
     sys.argv = [str(path), *args.args]
     spec.loader.exec_module(module)
     return int(module.main(args.args) or 0)

@@ -1,7 +1,7 @@
 """A trained policy from its run directory: the policy the run built, its EMA parameters.
 
     policy, params, metadata = load_policy("runs/pusht")        # last checkpoint
-    actions = policy.sample_actions(params, observation, key)    # (B, action_horizon, A)
+    actions = policy.act(params, observation, key)               # (B, action_horizon, A)
 
 The checkpoint's metadata holds what rebuilds the policy without the dataset: the resolved
 `TrainConfig`, the normalizer and the observation spec.
