@@ -160,38 +160,22 @@ def base_config(task: str, dataset: Path, seed: int):
 
 
 def prepare_dataset(task: str, work: Path, dataset: str | None, log, variant: str = "") -> Path:
-    """The variant's demonstrations: `dataset` (or <work>/<task>/data, collected if missing)
-    for the task's default 200, <work>/<task>/data_<name> for a `DEMONSTRATIONS` variant."""
-    if variant in DEMONSTRATIONS[task]:
-        name, options = DEMONSTRATIONS[task][variant]
-        return collect_pusht(work / task / f"data_{name}", log, **options)
-    if dataset:
-        return Path(dataset)
-    path = work / task / "data"
+    """The variant's demonstrations: `dataset` (or <work>/<task>/data, collected unless the
+    same collection is there) for the task's default 200, <work>/<task>/data_<name> for a
+    `DEMONSTRATIONS` variant."""
+    from dpjax.envs.collect import collect_demos
+
     if task == "cup":
-        from dpjax.envs.collect import collect_demos
-
-        return collect_demos(path, 200, 0, progress=False)
-    return collect_pusht(path, log)
-
-
-def collect_pusht(path: Path, log, episodes: int = 200, execution_noise: float = 0.0) -> Path:
-    """PushT keypoint demonstrations at `path`, collected unless a dataset is already there."""
-    from dpjax.data import load_dataset
-    from dpjax.errors import DataError
-
-    try:
-        load_dataset(path)
-        return path
-    except DataError:
-        pass
-    from dpjax.envs import make_task
-    from dpjax.envs.collect import collect
-
-    log(f"collecting PushT keypoint demonstrations, {episodes} attempts (~7 min) -> {path}")
-    collect(make_task("pusht", obs_type="keypoints"), path, episodes=episodes, seed=0,
-            execution_noise=execution_noise, overwrite=True, progress=True)  # fmt: skip
-    return path
+        return Path(dataset) if dataset else collect_demos(work / task / "data", 200, 0,
+                                                           progress=False)  # fmt: skip
+    name, options = DEMONSTRATIONS[task].get(variant, ("", {}))
+    if dataset and not name:
+        return Path(dataset)
+    path = work / task / (f"data_{name}" if name else "data")
+    episodes = options.get("episodes", 200)
+    log(f"PushT keypoint demonstrations ({episodes} attempts, ~7 min to collect) -> {path}")
+    return collect_demos(path, episodes, 0, task="pusht", obs_type="keypoints",
+                         execution_noise=options.get("execution_noise", 0.0))  # fmt: skip
 
 
 def evaluations(task: str, kind: str) -> list[tuple[str, dict]]:

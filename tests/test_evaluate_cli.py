@@ -44,10 +44,17 @@ def test_goal_conditioned_multimodal_run_evaluates_on_its_own_task(tmp_path, cap
     assert set(metrics["mode_frequencies"]) == {"north", "east", "south"}
     assert suffixes == [".json", ".md", ".png"]
 
-    # Collected again with other options, the dataset is not reused as it was.
+    # The same collection is reused; other options or noise are collected anew.
+    capsys.readouterr()
+    collect_demos(data, 6, 0, progress=False, goal_conditioned=True)
+    assert "reusing the 6 demonstrations" in capsys.readouterr().out
     collect_demos(data, 6, 0, progress=False)
     stats = json.loads((data / "dpjax_stats.json").read_text())
     assert stats["info"]["collection"]["task_options"] == {}
+    collect_demos(data, 6, 0, progress=False, execution_noise=0.01)
+    assert "reusing" not in capsys.readouterr().out
+    stats = json.loads((data / "dpjax_stats.json").read_text())
+    assert stats["info"]["collection"]["execution_noise"] == 0.01
 
 
 def test_metaworld_run_evaluates(tmp_path, capsys):

@@ -162,20 +162,31 @@ def collect(
 
 
 def collect_demos(
-    path: Path, episodes: int, seed: int, *, progress: bool = True, **task_options
+    path: Path,
+    episodes: int,
+    seed: int,
+    *,
+    task: str = "multimodal",
+    execution_noise: float = 0.0,
+    progress: bool = True,
+    **task_options,
 ) -> Path:
-    """Multimodal-task expert demonstrations at `path` (`task_options`: e.g.
-    goal_conditioned=True), reused when the dataset there was collected the same way (task,
-    options, seed, episodes), else collected anew over it."""
+    """Expert demonstrations of the registered `task` at `path` (`task_options`: e.g.
+    goal_conditioned=True, obs_type="keypoints"), reused when the dataset there was collected
+    the same way (task, options, seed, episodes, noise), else collected anew over it."""
     try:
         collection = load_dataset(path).stats.info.get("collection", {})
     except DataError:
         collection = {}
-    wanted = {"task": "multimodal", "task_options": task_options, "seed": seed,
-              "episodes_attempted": episodes, "action_noise": 0.0}  # fmt: skip
-    if collection and all(collection.get(k) == v for k, v in wanted.items()):
+    # Records written before a noise option existed were collected without it.
+    recorded = {"action_noise": 0.0, "execution_noise": 0.0, **collection}
+    wanted = {"task": task, "task_options": task_options, "seed": seed,
+              "episodes_attempted": episodes, "action_noise": 0.0,
+              "execution_noise": execution_noise}  # fmt: skip
+    if collection and all(recorded.get(k) == v for k, v in wanted.items()):
         print(f"reusing the {episodes} demonstrations in {path}")
         return path
-    collect(make_task("multimodal", **task_options), path, episodes=episodes, seed=seed,
-            overwrite=True, task_options=task_options, progress=progress)  # fmt: skip
+    collect(make_task(task, **task_options), path, episodes=episodes, seed=seed,
+            execution_noise=execution_noise, overwrite=True, task_options=task_options,
+            progress=progress)  # fmt: skip
     return path
