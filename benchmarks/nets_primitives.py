@@ -1,6 +1,7 @@
 """Times the UNet's temporal-conv primitives: XLA's conv vs the matmul forms in dpjax.nets.conv1d.
 
     python benchmarks/nets_primitives.py [--batches 1 64] [--budget 1.0] [--unet] [--matmul]
+    python benchmarks/nets_primitives.py --encoders [--batches 64]   # the image encoders
 
 Shapes are those ConditionalUnet1D(down_dims=(256, 512, 1024)) sees at horizon 16. Each entry is
 the median wall time of one jitted call (ms), after a compile-and-warm-up call.
@@ -83,6 +84,33 @@ def unet_rows(batch: int, budget: float):
         yield impl, time_call(apply, params, x, t, cond, budget=budget)
 
 
+def encoder_rows(batch: int, budget: float, crop: int = 84, steps: int = 2):
+    """Yields (encoder, forward ms, forward + backward ms) for each image encoder on the
+    `batch` x `steps` crops of a train step (the PushT image recipe: 64 x 2 at 84 x 84)."""
+    from dpjax.nets.encoders import IMAGE_ENCODERS
+
+    key = jax.random.PRNGKey(0)
+    images = jax.random.randint(key, (batch * steps, crop, crop, 3), 0, 256).astype(jnp.uint8)
+    for name, encoder_cls in IMAGE_ENCODERS.items():
+        model = encoder_cls(256)
+        params = model.init(key, images)
+        forward = jax.jit(model.apply)
+        grads = jax.jit(jax.grad(lambda p, x: jnp.sum(model.apply(p, x) ** 2)))
+        yield name, time_call(forward, params, images, budget=budget), time_call(
+            grads, params, images, budget=budget
+        )
+
+
+def print_encoder_table(batches, budget: float) -> None:
+    print("\n# image encoders on a train step's crops (batch x 2 steps, 84 x 84 uint8);")
+    print("# ms per call (median); backward = the gradient with respect to the parameters")
+    print("| encoder | images | forward | forward + backward |")
+    print("|---------|--------|---------|--------------------|")
+    for batch in batches:
+        for name, fwd, fwd_bwd in encoder_rows(batch, budget):
+            print(f"| {name} | {2 * batch} | {fwd:.1f} | {fwd_bwd:.1f} |", flush=True)
+
+
 # (K, Co) of the UNet's largest stride-1 conv (width 5 x 1024 channels) and a 256-channel one
 MATMUL_WEIGHTS = [(5120, 1024), (1280, 256)]
 MATMUL_ROWS = [1, 4, 8, 16, 32, 64, 128, 256, 1024]
@@ -141,11 +169,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget", type=float, default=1.0, help="seconds per measurement")
     parser.add_argument("--unet", action="store_true", help="also time whole UNet calls")
     parser.add_argument("--matmul", action="store_true", help="only the matmul table")
+    parser.add_argument("--encoders", action="store_true", help="only the image encoders")
     args = parser.parse_args(argv)
     cpu = platform.processor() or platform.machine()
     print(f"# jax {jax.__version__}, {jax.devices()[0].device_kind}, {cpu}, {os.cpu_count()} cores")
     if args.matmul:
         print_matmul_table(args.budget)
+        return
+    if args.encoders:
+        print_encoder_table(args.batches, args.budget)
         return
     print("# ms per call (median); lax = lax.conv_general_dilated (what nn.Conv runs);")
     print("# taps = sum of k shifted matmuls; stacked = one matmul over stacked taps (dpjax)")

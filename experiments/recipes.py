@@ -119,6 +119,9 @@ VARIANTS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
                      _MLP_150K),
         "shipped": ("the shipped recipe (dpjax/configs/pusht_keypoints.py)", ()),
     },
+    "pusht_image": {
+        "shipped": ("the shipped recipe (dpjax/configs/pusht_image.py)", ()),
+    },
 }  # fmt: skip
 # Variants trained on other demonstrations than the task's default 200: variant -> (name,
 # `collect` options). DART: Gaussian noise on the executed action, the expert's own action
@@ -126,6 +129,7 @@ VARIANTS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
 DEMONSTRATIONS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
     "cup": {},
     "pusht": {"dart10_noise05": ("dart10", {"episodes": 211, "execution_noise": 10.0})},
+    "pusht_image": {},
 }
 # Each evaluation of a diffusion cell: (sampler, steps, actions executed per chunk or None for
 # the policy's own, checkpoint). "best-rollout": the kept checkpoint with the best in-training
@@ -135,8 +139,12 @@ EVALUATIONS = {
     "pusht": (("ddim", 10, None, "last"), ("ddpm", 100, None, "last"), ("ddim", 10, 4, "last"),
               ("ddpm", 100, 4, "last"), ("ddim", 10, None, "best-rollout"),
               ("ddim", 10, 4, "best-rollout"), ("ddpm", 100, 4, "best-rollout")),
+    "pusht_image": (("ddim", 10, None, "last"), ("ddpm", 100, None, "last"),
+                    ("ddim", 10, None, "best-rollout")),
 }  # fmt: skip
-EVAL_EPISODES = {"cup": 200, "pusht": 50}
+EVAL_EPISODES = {"cup": 200, "pusht": 50, "pusht_image": 50}
+# The PushT observation each PushT task of this script trains on (`collect`'s obs_type).
+PUSHT_OBS_TYPES = {"pusht": "keypoints", "pusht_image": "pixels"}
 EVAL_SEED = 100_000
 
 
@@ -155,7 +163,7 @@ def base_config(task: str, dataset: Path, seed: int):
         )
     from dpjax.config import load_config_file
 
-    config = load_config_file("pusht_keypoints")
+    config = load_config_file("pusht_keypoints" if task == "pusht" else task)
     return dataclasses.replace(config, dataset=str(dataset), seed=seed)
 
 
@@ -173,8 +181,9 @@ def prepare_dataset(task: str, work: Path, dataset: str | None, log, variant: st
         return Path(dataset)
     path = work / task / (f"data_{name}" if name else "data")
     episodes = options.get("episodes", 200)
-    log(f"PushT keypoint demonstrations ({episodes} attempts, ~7 min to collect) -> {path}")
-    return collect_demos(path, episodes, 0, task="pusht", obs_type="keypoints",
+    obs_type = PUSHT_OBS_TYPES[task]
+    log(f"PushT {obs_type} demonstrations ({episodes} attempts, ~4-7 min to collect) -> {path}")
+    return collect_demos(path, episodes, 0, task="pusht", obs_type=obs_type,
                          execution_noise=options.get("execution_noise", 0.0))  # fmt: skip
 
 
@@ -385,7 +394,7 @@ def spread(values: list[float], fmt: str) -> str:
 
 def markdown(task: str, cells: list[dict]) -> str:
     """One row per (variant, evaluation): mean over training seeds, (min-max) with several."""
-    pusht = task == "pusht"
+    pusht = task in PUSHT_OBS_TYPES
     head = ["variant", "what", "evaluated", "seeds", "train min", "val loss"]
     head += ["score", "success"] if pusht else ["success", "north / east / south", "max mode error"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -433,7 +442,7 @@ def markdown(task: str, cells: list[dict]) -> str:
     notes += [
         f"Re-run a cell: `python experiments/recipes.py --task {task} --variants NAME --seeds S "
         "--redo"
-        + (" --dataset DIR` (200 keypoint demonstrations)" if pusht else "`")
+        + (f" --dataset DIR` (200 {PUSHT_OBS_TYPES[task]} demonstrations)" if pusht else "`")
         + "; the overrides of each variant: `--list`.",
         f"Machines: {'; '.join(machines)}. Train minutes are wall time on a shared 2-core "
         "machine (other cells often ran beside), so compare them loosely.",

@@ -7,8 +7,11 @@
     dpjax train pusht_image:PAPER --set dataset=data/pusht_img    # the paper's size (GPU)
     dpjax eval runs/pusht_image                                   # 50 episodes, mean_max_reward
 
-CONFIG is sized for a 2-core CPU: the small CNN encoder (`small_cnn`: four stride-2 3x3 convs
-and a spatial softmax) and the keypoint recipe's denoiser. PAPER is Diffusion Policy's image
+CONFIG is sized for a 2-core CPU: the small CNN encoder on half-resolution crops
+(`small_cnn_pool2`: 84 x 84 crops averaged to 42 x 42, three stride-2 3x3 convs, a spatial
+softmax; at full resolution its backward pass made the train step 0.66 s here, at half
+0.27 s; `python benchmarks/nets_primitives.py --encoders`) and the keypoint recipe's denoiser,
+12,000 steps at batch 64 with closed-loop rollouts every 4,000. PAPER is Diffusion Policy's image
 configuration: a ResNet-18 (group norm, spatial softmax) per camera, ConditionalUnet1D
 (256, 512, 1024), epsilon prediction, DDPM 100 / 100 steps, batch 64, AdamW 1e-4, EMA, 3000
 epochs (~300k steps at batch 64 on 200 demonstrations): a GPU job (LeRobot reports ~7 h for
@@ -31,17 +34,15 @@ CONFIG = dataclasses.replace(
         _KEYPOINTS.policy,
         low_dim_keys=("agent_pos",),
         image_keys=("image",),
-        image_encoder="small_cnn",
+        image_encoder="small_cnn_pool2",
         crop_hw=(84, 84),
     ),
     batch_size=64,
-    # Not yet measured on the CPU (the keypoint recipe's 10k steps at batch 256 are not
-    # assumed here); rollouts every 5k steps choose the checkpoint (`--best-rollout`).
-    num_steps=30_000,
-    eval_every=2_500,
-    checkpoint_every=2_500,
+    num_steps=12_000,
+    eval_every=2_000,
+    checkpoint_every=2_000,
     max_to_keep=12,
-    rollout_every=5_000,
+    rollout_every=4_000,
 )
 
 PAPER = dataclasses.replace(

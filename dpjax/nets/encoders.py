@@ -5,6 +5,7 @@ Images arrive as uint8 (B, H, W, C) and are mapped to [-1, 1] inside the module 
 Policy's image range); float images are taken to be in [0, 1] already.
 """
 
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -150,11 +151,17 @@ class ResNet18(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """Three stride-2 3x3 convs + spatial softmax -> (B, features): ResNet18's fast stand-in."""
+    """Three stride-2 3x3 convs + spatial softmax -> (B, features): ResNet18's fast stand-in.
+
+    `input_pool` > 1 averages input_pool x input_pool pixel blocks first (84 x 84 crops -> 42 x
+    42 at 2): on a CPU the convolutions' backward pass dominates the image recipe's train
+    step, and halving the resolution cuts it about 4x (benchmarks/nets_primitives.py).
+    """
 
     features: int = 256
     num_keypoints: int = 16
     channels: Sequence[int] = (32, 64, 64)
+    input_pool: int = 1
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
@@ -162,6 +169,9 @@ class SmallCNN(nn.Module):
     def __call__(self, images: jnp.ndarray) -> jnp.ndarray:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = image_to_float(images, self.dtype)
+        if self.input_pool > 1:
+            window = (self.input_pool, self.input_pool)
+            x = nn.avg_pool(x, window, window, padding="SAME")
         for width in self.channels:
             x = nn.Conv(width, (3, 3), (2, 2), padding=((1, 1), (1, 1)), **kw)(x)
             x = nn.relu(_group_norm(width, **kw)(x))
@@ -169,7 +179,11 @@ class SmallCNN(nn.Module):
         return nn.Dense(self.features, **kw)(x)
 
 
-IMAGE_ENCODERS = {"resnet18": ResNet18, "small_cnn": SmallCNN}
+IMAGE_ENCODERS = {
+    "resnet18": ResNet18,
+    "small_cnn": SmallCNN,
+    "small_cnn_pool2": functools.partial(SmallCNN, input_pool=2),
+}
 
 
 def _as_steps(name: str, x: jnp.ndarray, rank: int, what: str) -> jnp.ndarray:
