@@ -9,7 +9,6 @@ the median wall time of one jitted call (ms), after a compile-and-warm-up call.
 
 import argparse
 import os
-import platform
 import time
 
 import jax
@@ -17,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from dpjax.machine import cpu_model
 from dpjax.nets import conv1d
 
 # (name, length, c_in, c_out): stride-1 width-5 convs of the UNet at horizon 16
@@ -95,9 +95,11 @@ def encoder_rows(batch: int, budget: float, crop: int = 84, steps: int = 2):
         model = encoder_cls(256)
         params = model.init(key, images)
         forward = jax.jit(model.apply)
-        grads = jax.jit(jax.grad(lambda p, x: jnp.sum(model.apply(p, x) ** 2)))
-        yield name, time_call(forward, params, images, budget=budget), time_call(
-            grads, params, images, budget=budget
+        grads = jax.jit(jax.grad(lambda p, x, m=model: jnp.sum(m.apply(p, x) ** 2)))
+        yield (
+            name,
+            time_call(forward, params, images, budget=budget),
+            time_call(grads, params, images, budget=budget),
         )
 
 
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--matmul", action="store_true", help="only the matmul table")
     parser.add_argument("--encoders", action="store_true", help="only the image encoders")
     args = parser.parse_args(argv)
-    cpu = platform.processor() or platform.machine()
+    cpu = cpu_model()
     print(f"# jax {jax.__version__}, {jax.devices()[0].device_kind}, {cpu}, {os.cpu_count()} cores")
     if args.matmul:
         print_matmul_table(args.budget)

@@ -127,7 +127,11 @@ def test_vs_lerobot_rejects_unmatched_cases():
         ("pusht_expert", ["--episodes", "1"], "success rate"),
         ("sampler_latency", ["--methods", "ddim", "--steps", "1", "--batches", "1"], "ddim"),
         ("nets_primitives", ["--matmul", "--batches", "1", "--budget", "0.01"], "matmul"),
-        ("nets_primitives", ["--encoders", "--batches", "1", "--budget", "0.01"], "small_cnn_pool2"),
+        (
+            "nets_primitives",
+            ["--encoders", "--batches", "1", "--budget", "0.01"],
+            "small_cnn_pool2",
+        ),
     ],
 )
 def test_every_other_benchmark_runs_through_the_cli_at_a_tiny_size(name, argv, expected, capsys):

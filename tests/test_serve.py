@@ -1,0 +1,262 @@
+"""`dpjax serve` and `dpjax.client`: a real websocket server (in a subprocess for the end-to-end
+rollout, in a thread elsewhere), real clients, the cup task driven through them."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import jax
+import numpy as np
+import pytest
+
+from dpjax import messages
+from dpjax.client import AsyncActor, PolicyClient, PolicyServerError
+from dpjax.envs.collect import collect_demos
+from dpjax.envs.tasks import make_task
+from dpjax.evaluate.rollouts import rollout_gym
+from dpjax.policy import load_policy
+from dpjax.server import PolicyServer
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_evaluate_cli import tiny_run  # noqa: E402
+
+STEPS = 3  # denoising steps everywhere here
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serve")
+    data = collect_demos(tmp / "data", 6, 0, progress=False)
+    return tiny_run(data, tmp / "run", "num_steps=8", "eval_every=8", "checkpoint_every=8")
+
+
+@pytest.fixture(scope="module")
+def server(run_dir):
+    server = PolicyServer.from_run(run_dir, num_inference_steps=STEPS, batch_window_ms=30)
+    with server.start_in_thread() as thread:
+        yield thread
+
+
+def observation(policy, batch, seed=0):
+    rng = np.random.default_rng(seed)
+    return {k: rng.normal(size=v.shape).astype(np.float32)
+            for k, v in policy.example_observation(batch).items()}  # fmt: skip
+
+
+def test_actions_are_the_in_process_policys_for_the_same_key(server):
+    policy, params = server.server.policy, server.server.params
+    with PolicyClient("127.0.0.1", server.port) as client:
+        meta = client.metadata
+        assert meta["observation_spec"] == {"state": {"shape": [6], "dtype": "float32"}}
+        assert (meta["obs_horizon"], meta["action_dim"], meta["num_inference_steps"]) == (
+            2,
+            2,
+            STEPS,
+        )
+        assert meta["control_hz"] == 10.0 and meta["action_horizon"] == policy.config.action_horizon
+        obs = observation(policy, 3)
+        key = jax.random.key(11)
+        actions = client.act(obs, key=jax.random.key_data(key))
+        expected = np.asarray(policy.act(params, obs, key, num_inference_steps=STEPS))
+        np.testing.assert_array_equal(actions, expected)
+        # One history without the batch axis -> one chunk; seeds reproduce; keys differ.
+        single = {k: v[0] for k, v in obs.items()}
+        assert client.act(single, seed=5).shape == (policy.config.action_horizon, 2)
+        np.testing.assert_array_equal(client.act(single, seed=5), client.act(single, seed=5))
+        assert not np.array_equal(client.act(single, seed=5), client.act(single, seed=6))
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (lambda o: {"wrong": o["state"]}, r"unknown keys \['wrong'\]"),
+        (lambda o: {}, r"missing keys \['state'\]"),
+        (lambda o: {"state": o["state"][:, :1]}, r"expected shape \(B, 2, 6\), got \(2, 1, 6\)"),
+        (lambda o: {"state": np.full_like(o["state"], np.nan)}, "NaN"),
+    ],
+)
+def test_bad_observations_get_an_error_and_the_connection_goes_on(server, bad, match):
+    policy = server.server.policy
+    with PolicyClient("127.0.0.1", server.port) as client:
+        obs = observation(policy, 2)
+        with pytest.raises(PolicyServerError, match=match):
+            client.act(bad(obs))
+        assert client.act(obs).shape == (2, policy.config.action_horizon, 2)
+
+
+def test_malformed_and_oversized_messages_leave_other_clients_served(server):
+    from websockets.sync.client import connect
+
+    policy = server.server.policy
+    obs = observation(policy, 1)
+    url = f"ws://127.0.0.1:{server.port}"
+    with PolicyClient("127.0.0.1", server.port) as good, connect(url, max_size=None) as raw:
+        messages.unpack(raw.recv())  # metadata
+        for data, match in [(b"\xc1\x00junk", "not a msgpack message"),
+                            (messages.pack({"no": "type"}), '"type"'),
+                            (messages.pack({"type": "fly"}), "unknown message type 'fly'"),
+                            (messages.pack({"type": "act", "observation": {"state": {
+                                "__ndarray__": ["<f4", [1, 2, 6], b"abc"]}}}), "needs 48 bytes")]:  # fmt: skip
+            raw.send(data)
+            reply = messages.unpack(raw.recv(timeout=30))
+            assert reply["type"] == "error" and match in reply["error"], reply
+        # Over the server's limit: that connection is closed (1009), the others go on.
+        raw.send(b"\x00" * (messages.MAX_MESSAGE_BYTES + 1))
+        with pytest.raises(Exception) as closed:
+            raw.recv(timeout=30)
+        assert "1009" in str(closed.value)
+        # The client refuses to send what the server would refuse, with the limit in words.
+        huge = {"state": np.zeros((messages.MAX_MESSAGE_BYTES // 48 + 1, 2, 6), np.float32)}
+        with pytest.raises(PolicyServerError, match="over the server's limit"):
+            good.act(huge)
+        assert good.act(obs).shape[0] == 1
+        stats = good.stats()
+    assert stats["errors"]["ProtocolError"] >= 4 and stats["requests_served"] >= 1
+
+
+def test_a_client_leaving_mid_request_costs_only_its_reply(server):
+    from websockets.sync.client import connect
+
+    obs = observation(server.server.policy, 1)
+    before = server.server.stats.snapshot().get("replies_dropped", 0)
+    with connect(f"ws://127.0.0.1:{server.port}") as raw:
+        raw.recv()
+        raw.send(messages.pack({"type": "act", "id": 1, "observation": obs}))
+    with PolicyClient("127.0.0.1", server.port) as client:
+        assert client.act(obs).shape[0] == 1
+    deadline = time.monotonic() + 20
+    while server.server.stats.snapshot().get("replies_dropped", 0) == before:
+        # Either the reply found the connection gone, or the request was dropped unrun.
+        if time.monotonic() > deadline or server.server.stats.connections == 0:
+            break
+        time.sleep(0.05)
+    assert server.server.stats.connections == 0
+
+
+def test_concurrent_clients_are_batched_and_each_gets_its_own_actions(server):
+    policy, params = server.server.policy, server.server.params
+    results, errors = {}, []
+
+    def client_loop(i):
+        try:
+            with PolicyClient("127.0.0.1", server.port) as client:
+                obs = observation(policy, 1, seed=i)
+                results[i] = (obs, client.act(obs, seed=100 + i))
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    before = dict(server.server.stats.batch_sizes)
+    threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and len(results) == 4
+    for i, (obs, actions) in results.items():
+        alone = np.asarray(
+            policy.act(params, obs, jax.random.key(100 + i), num_inference_steps=STEPS)
+        )
+        np.testing.assert_allclose(actions, alone, rtol=1e-5, atol=1e-5)
+    grown = {k: v - before.get(k, 0) for k, v in server.server.stats.batch_sizes.items()}
+    assert any(size > 1 and count > 0 for size, count in grown.items()), grown
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/stats") as response:
+        stats = json.loads(response.read())
+    assert stats["latency_ms"]["p50"] > 0 and stats["requests_served"] >= 4
+
+
+class SlowClient:
+    """Stands in for PolicyClient: chunk i is all i; `release` lets a request finish."""
+
+    def __init__(self, horizon=4):
+        self.metadata = {"action_horizon": horizon, "obs_horizon": 2}
+        self.calls, self.release = [], threading.Event()
+        self.horizon = horizon
+
+    def act(self, batch):
+        self.calls.append(batch)
+        assert self.release.wait(10)
+        return np.full((self.horizon, 1), float(len(self.calls)))
+
+
+def test_async_actor_holds_skips_and_counts():
+    client = SlowClient()
+    actor = AsyncActor(client, prefetch=1)
+    client.release.set()
+    assert actor.step({"x": np.zeros(1)})[0] == 1.0  # the first chunk is waited for
+    assert client.calls[0]["x"].shape == (2, 1)  # the history, padded at the start
+    client.release.clear()
+    actions = [actor.step({"x": np.ones(1)})[0] for _ in range(4)]
+    # Steps 1-3 run chunk 1 (1 left at step 3 -> chunk 2 asked for there); step 4 holds.
+    assert actions == [1.0] * 4 and actor.counters["holds"] == 1 and actor._pending[1] == 3
+    client.release.set()
+    while not actor._pending[0].done():
+        time.sleep(0.01)
+    action = actor.step(None)  # a dropped frame: the history repeats its last observation
+    # Chunk 2 was asked at step 3 and is used from step 5: its first 2 actions are skipped.
+    assert action[0] == 2.0 and actor.counters["skipped_actions"] == 2
+    assert actor.counters["dropped_observations"] == 1 and actor.counters["chunks"] == 2
+    np.testing.assert_array_equal(client.calls[1]["x"], np.ones((2, 1)))
+    actor.close()
+
+
+def test_dpjax_serve_drives_the_cup_task_like_the_in_process_evaluation(run_dir):
+    """The server in a subprocess; rollouts through the client equal rollout_gym's own."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dpjax.cli", "serve", str(run_dir), "--port", "0",
+         "--steps", str(STEPS), "--max-batch", "4"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        port = None
+        for line in process.stdout:
+            if line.startswith("serving"):
+                port = int(line.split("ws://127.0.0.1:")[1].split()[0])
+                break
+        assert port, "the server did not start"
+        policy, params, _ = load_policy(run_dir)
+        task = make_task("multimodal")
+        kwargs = dict(num_episodes=6, seed=100_000, num_envs=3)
+        local = rollout_gym(task, policy, params, num_inference_steps=STEPS, **kwargs)
+        with PolicyClient("127.0.0.1", port) as client:
+            served = rollout_gym(
+                task, policy, None,
+                act_fn=lambda batch, key, **_: client.act(batch, key=jax.random.key_data(key)),
+                **kwargs,
+            )  # fmt: skip
+            stats = client.stats()
+        assert served["success"] == local["success"] and served["length"] == local["length"]
+        for a, b in zip(served["actions"], local["actions"], strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert stats["requests_served"] >= 2 and not stats["errors"]
+    finally:
+        process.terminate()
+        process.wait(20)
+
+
+def test_serve_reports_a_missing_run_clearly(tmp_path, capsys):
+    from dpjax import cli
+
+    assert cli.main(["serve", str(tmp_path / "nothing")]) == 2
+    assert "dpjax serve: error:" in capsys.readouterr().err
+
+
+def test_the_client_imports_without_jax():
+    """A robot program imports dpjax.client without paying for (or having) JAX."""
+    code = ("import sys, dpjax.client; "
+            "bad = [m for m in ('jax', 'flax', 'orbax', 'tensorflow_datasets') if m in sys.modules]; "
+            "assert not bad, bad")  # fmt: skip
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_load_benchmark_prints_its_table(run_dir, capsys):
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+    import serve_load
+
+    argv = ["--run", str(run_dir), "--clients", "1", "2", "--requests", "3", "--modes", "batched"]
+    assert serve_load.main([*argv, "--steps", str(STEPS)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| batched")]
+    assert len(rows) == 2 and all(float(r.split("|")[-2]) > 0 for r in rows)
