@@ -72,11 +72,23 @@ def _matmul_nt(cols: jnp.ndarray, weight: jnp.ndarray) -> jnp.ndarray:
     batch, length, _ = cols.shape
     rows = cols.reshape(batch * length, -1).astype(weight.dtype)
     dims = (((1,), (1,)), ((), ()))
-    if _few_rows_transposed(batch * length, rows.dtype):
+
+    def transposed(rows, weight):
         out_t = lax.dot_general(weight, rows, dims, preferred_element_type=cols.dtype)
-        out = lax.optimization_barrier(out_t).T
+        return lax.optimization_barrier(out_t).T
+
+    def plain(rows, weight):
+        return lax.dot_general(rows, weight, dims, preferred_element_type=cols.dtype)
+
+    num_rows = batch * length
+    if isinstance(num_rows, int):
+        out = (transposed if _few_rows_transposed(num_rows, rows.dtype) else plain)(rows, weight)
+    elif _few_rows_transposed(0, rows.dtype):
+        # A symbolic batch (jax.export): the same choice, made when the program runs, so an
+        # exported policy computes exactly what the jitted one does at every batch size.
+        out = lax.cond(jnp.asarray(num_rows) <= SMALL_ROWS, transposed, plain, rows, weight)
     else:
-        out = lax.dot_general(rows, weight, dims, preferred_element_type=cols.dtype)
+        out = plain(rows, weight)
     return out.reshape(batch, length, weight.shape[0])
 
 
