@@ -1,4 +1,6 @@
-"""`dpjax data info DIR`: what a dpjax or RLDS/TFDS dataset holds."""
+"""`dpjax data info DIR`: what a dpjax or RLDS/TFDS dataset holds.
+`dpjax data import-lerobot PATH --out DIR`: a LeRobot dataset directory (v2.x, v3.0; parquet
+and mp4 videos) as a dpjax dataset that `dpjax train` reads (extra `dpjax[lerobot-data]`)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,26 @@ def register(subparsers) -> None:
     info.add_argument("directory", metavar="DIR")
     info.add_argument("--split", default="train")
     info.set_defaults(func=run_info)
+    lerobot = actions.add_parser(
+        "import-lerobot", help="convert a LeRobot dataset directory (parquet + mp4) to dpjax's"
+    )
+    lerobot.add_argument("path", metavar="PATH", help="the LeRobot dataset's root (meta/info.json)")
+    lerobot.add_argument("--out", required=True, help="the dpjax dataset directory to write")
+    lerobot.add_argument("--name", help="dataset name (default: PATH's last part)")
+    lerobot.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    lerobot.set_defaults(func=run_import_lerobot)
+
+
+def run_import_lerobot(args: argparse.Namespace) -> int:
+    from dpjax.data import load_dataset
+    from dpjax.data.importers import import_lerobot
+
+    out = import_lerobot(args.path, args.out, name=args.name, overwrite=args.overwrite)
+    dataset = load_dataset(out)
+    print(f"imported {len(dataset)} episodes, {dataset.stats.num_steps} steps -> {out}")
+    for key, (shape, dtype) in dataset.spec.items():
+        print(f"  {key}: {tuple(shape)} {dtype}")
+    return 0
 
 
 def run_info(args: argparse.Namespace) -> int:
