@@ -191,8 +191,8 @@ class AsyncActor:
         future, requested_at, sent = self._pending
         if not block and not future.done():
             return
+        self._pending = None  # a failed request is asked again at the next step
         chunk = future.result()  # a server error surfaces here
-        self._pending = None
         latency = time.perf_counter() - sent
         self.latencies_s.append(latency)
         self.counters["chunks"] += 1

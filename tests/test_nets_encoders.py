@@ -161,3 +161,19 @@ def test_observation_encoder_errors_name_the_key():
     with pytest.raises(UnknownNameError, match="resnet18, small_cnn"):
         bad_encoder = ObservationEncoder(**{**ENCODER, "image_encoder": "vit"})
         jax.eval_shape(bad_encoder.init, jax.random.PRNGKey(0), _obs())
+
+
+def test_small_cnn_pool2_sees_the_half_resolution_image():
+    """small_cnn_pool2 is small_cnn on 2x2-averaged pixels: same parameters, same features as
+    the full-resolution network given the averaged image, and a quarter of the conv work."""
+    from dpjax.nets.encoders import IMAGE_ENCODERS
+
+    images = jax.random.randint(jax.random.PRNGKey(0), (3, 84, 84, 3), 0, 256).astype(jnp.uint8)
+    pooled = IMAGE_ENCODERS["small_cnn_pool2"](32)
+    full = IMAGE_ENCODERS["small_cnn"](32)
+    params = pooled.init(jax.random.PRNGKey(1), images)
+    averaged = images.astype(jnp.float32).reshape(3, 42, 2, 42, 2, 3).mean((2, 4)) / 255.0
+    np.testing.assert_allclose(
+        pooled.apply(params, images), full.apply(params, averaged), rtol=1e-4, atol=1e-5
+    )
+    assert not np.allclose(pooled.apply(params, images), full.apply(params, images / 255.0))
