@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from test_evaluate_cli import tiny_run  # noqa: E402
 
 STEPS = 3  # denoising steps everywhere here
+BENCHMARKS = os.path.join(os.path.dirname(__file__), "..", "benchmarks")
 
 
 @pytest.fixture(scope="module")
@@ -203,24 +204,36 @@ def test_async_actor_holds_skips_and_counts():
     actor.close()
 
 
-def test_dpjax_serve_drives_the_cup_task_like_the_in_process_evaluation(run_dir):
-    """The server in a subprocess; rollouts through the client equal rollout_gym's own."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dpjax.cli", "serve", str(run_dir), "--port", "0",
-         "--steps", str(STEPS), "--max-batch", "4"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+@pytest.fixture(scope="module")
+def pusht_run(tmp_path_factory):
+    pytest.importorskip("gym_pusht")
+    from dpjax import cli
+
+    tmp = tmp_path_factory.mktemp("serve_pusht")
+    assert cli.main(["collect", "pusht", "--episodes", "2", "--out", str(tmp / "data"),
+                     "--task-option", "obs_type=keypoints"]) == 0  # fmt: skip
+    sets = [f"dataset={tmp / 'data'}", "num_steps=3", "batch_size=8", "eval_every=3",
+            "checkpoint_every=3", "val_fraction=0.5", "rollout_every=0",
+            "policy.denoiser=mlp", "policy.hidden_dims=(32,32)"]  # fmt: skip
+    assert cli.main(["train", "pusht_keypoints", "--out", str(tmp / "run"),
+                     *[a for s in sets for a in ("--set", s)]]) == 0  # fmt: skip
+    return tmp / "run"
+
+
+@pytest.mark.parametrize("task_name", ["multimodal", "pusht"])
+def test_dpjax_serve_drives_a_task_like_the_in_process_evaluation(request, task_name):
+    """The server in a subprocess (as the load benchmark starts it); rollouts through the
+    client take rollout_gym's in-process actions, episode for episode."""
+    sys.path.insert(0, BENCHMARKS)
+    from serve_load import start_server
+
+    run_dir = request.getfixturevalue("run_dir" if task_name == "multimodal" else "pusht_run")
+    task = make_task(task_name, **({"obs_type": "keypoints"} if task_name == "pusht" else {}))
+    kwargs = dict(num_episodes=4, seed=100_000, num_envs=2)
+    policy, params, _ = load_policy(run_dir)
+    local = rollout_gym(task, policy, params, num_inference_steps=STEPS, **kwargs)
+    process, port = start_server(run_dir, 4, ["--steps", str(STEPS)])
     try:
-        port = None
-        for line in process.stdout:
-            if line.startswith("serving"):
-                port = int(line.split("ws://127.0.0.1:")[1].split()[0])
-                break
-        assert port, "the server did not start"
-        policy, params, _ = load_policy(run_dir)
-        task = make_task("multimodal")
-        kwargs = dict(num_episodes=6, seed=100_000, num_envs=3)
-        local = rollout_gym(task, policy, params, num_inference_steps=STEPS, **kwargs)
         with PolicyClient("127.0.0.1", port) as client:
             served = rollout_gym(
                 task, policy, None,
@@ -228,13 +241,15 @@ def test_dpjax_serve_drives_the_cup_task_like_the_in_process_evaluation(run_dir)
                 **kwargs,
             )  # fmt: skip
             stats = client.stats()
-        assert served["success"] == local["success"] and served["length"] == local["length"]
-        for a, b in zip(served["actions"], local["actions"], strict=True):
-            np.testing.assert_array_equal(a, b)
-        assert stats["requests_served"] >= 2 and not stats["errors"]
     finally:
         process.terminate()
         process.wait(20)
+    assert served["success"] == local["success"] and served["length"] == local["length"]
+    for a, b in zip(served["actions"], local["actions"], strict=True):
+        np.testing.assert_array_equal(a, b)
+    if task_name == "pusht":
+        assert served["max_coverage"] == local["max_coverage"]
+    assert stats["requests_served"] >= 2 and not stats["errors"]
 
 
 def test_serve_reports_a_missing_run_clearly(tmp_path, capsys):
@@ -253,7 +268,7 @@ def test_the_client_imports_without_jax():
 
 
 def test_load_benchmark_prints_its_table(run_dir, capsys):
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+    sys.path.insert(0, BENCHMARKS)
     import serve_load
 
     argv = ["--run", str(run_dir), "--clients", "1", "2", "--requests", "3", "--modes", "batched"]
