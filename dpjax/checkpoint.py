@@ -186,20 +186,24 @@ class Checkpointer:
         max_to_keep: int = 3,
         keep_best: bool = True,
         verify_checksums: bool = True,
+        read_only: bool = False,
     ):
+        """`read_only`: restore only; nothing is created, cleaned or started in the background
+        (what loading a trained policy uses)."""
         if max_to_keep < 1:
             raise ConfigError(f"max_to_keep must be >= 1, got {max_to_keep}")
         self.directory = Path(directory).absolute()
         self.max_to_keep = max_to_keep
         self.keep_best = keep_best
         self.verify_checksums = verify_checksums
+        self.read_only = read_only
         self._managers: dict[str, ocp.CheckpointManager] = {}
         self._managers[_CHECKPOINTS] = self._make_manager(
-            self.directory / _CHECKPOINTS, max_to_keep
+            self.directory / _CHECKPOINTS, max_to_keep, read_only
         )
         self._best_val_loss: float | None = None
         if keep_best:
-            self._managers[_BEST] = self._make_manager(self.directory / _BEST, 1)
+            self._managers[_BEST] = self._make_manager(self.directory / _BEST, 1, read_only)
             best_step = self._managers[_BEST].latest_step()
             if best_step is not None:
                 try:
@@ -209,17 +213,29 @@ class Checkpointer:
                     log.warning("ignoring unreadable best checkpoint: %s", e)
 
     @staticmethod
-    def _make_manager(path: Path, keep: int) -> ocp.CheckpointManager:
-        path.mkdir(parents=True, exist_ok=True)
-        _empty_trash(path)
+    def _make_manager(path: Path, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
+        if not read_only:
+            path.mkdir(parents=True, exist_ok=True)
+            _empty_trash(path)
+        writing = {} if read_only else {"todelete_subdir": _TRASH}
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.LatestN(n=keep),
             enable_async_checkpointing=False,
-            cleanup_tmp_directories=True,
-            todelete_subdir=_TRASH,
-            create=True,
+            cleanup_tmp_directories=not read_only,
+            create=not read_only,
+            read_only=read_only,
+            save_interval_steps=0 if read_only else 1,
+            **writing,
         )
-        return ocp.CheckpointManager(path, options=options)
+        if not read_only:
+            return ocp.CheckpointManager(path, options=options)
+        absl_log = logging.getLogger("absl")  # orbax warns that read_only is read only
+        level = absl_log.level
+        absl_log.setLevel(logging.ERROR)
+        try:
+            return ocp.CheckpointManager(path, options=options)
+        finally:
+            absl_log.setLevel(level)
 
     # ------------------------------------------------------------------------- save
 

@@ -272,3 +272,20 @@ def test_save_json_atomic_and_load_json(tmp_path):
     with pytest.raises(ConfigError):
         save_json_atomic(path, {"a": object()})
     assert path.read_text() == '{"a": '
+
+
+def test_loading_a_policy_creates_nothing_on_disk(tmp_path):
+    """Reading commands (eval, serve, export) on a missing or empty run leave the disk as it
+    was: a clear error, no directories made, no orbax cleanup threads left behind."""
+    from dpjax.policy import load_policy
+
+    with pytest.raises(CheckpointError, match="no run directory"):
+        load_policy(tmp_path / "missing")
+    assert not (tmp_path / "missing").exists()
+    (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="no checkpoint in"):
+        load_policy(tmp_path / "empty")
+    assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == ["checkpoints"]
+    with Checkpointer(tmp_path / "ro", read_only=True) as ckpt:
+        assert ckpt.latest_step() is None
+    assert not (tmp_path / "ro").exists()

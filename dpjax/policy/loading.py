@@ -19,7 +19,7 @@ from dpjax.checkpoint import Checkpointer, load_json
 from dpjax.config import TrainConfig
 from dpjax.data import Normalizer
 from dpjax.data.features import ArraySpec
-from dpjax.errors import ConfigError
+from dpjax.errors import CheckpointError, ConfigError
 from dpjax.policy.policies import make_policy, observation_spec_from_stats
 from dpjax.training import step as step_lib
 
@@ -62,7 +62,12 @@ def load_policy(run_dir: str | Path, *, best: bool = False, step: int | None = N
     """(policy, EMA params, metadata) of a run's latest (or best, or given) checkpoint;
     metadata["step"] is the checkpoint's training step."""
     run_dir = Path(run_dir)
-    with Checkpointer(run_dir) as ckpt:
+    if not (run_dir / "checkpoints").is_dir():  # before orbax starts its background threads
+        what = (
+            "no run directory" if not run_dir.exists() else "no checkpoints/ in the run directory"
+        )
+        raise CheckpointError(f"no checkpoint in {run_dir / 'checkpoints'} ({what})")
+    with Checkpointer(run_dir, read_only=True) as ckpt:
         metadata = ckpt.restore_metadata(step, best=best)
         config = config_lib.from_dict(TrainConfig, metadata["config"])
         normalizer = Normalizer.from_dict(metadata["normalizer"])
