@@ -9,9 +9,12 @@
 
 CONFIG is sized for a 2-core CPU: the small CNN encoder on half-resolution crops
 (`small_cnn_pool2`: 84 x 84 crops averaged to 42 x 42, three stride-2 3x3 convs, a spatial
-softmax; at full resolution its backward pass made the train step 0.66 s here, at half
-0.27 s; `python benchmarks/nets_primitives.py --encoders`) and the keypoint recipe's denoiser,
-12,000 steps at batch 64 with closed-loop rollouts every 4,000. PAPER is Diffusion Policy's image
+softmax; on one AMD EPYC core a train step takes 0.85 s at full resolution, 0.29 s at half,
+the convolutions' backward pass making the difference: `python benchmarks/nets_primitives.py
+--encoders`) and the keypoint recipe's denoiser, 12,000 steps at batch 64 with closed-loop
+rollouts every 4,000. Measured on 3 seeds (experiments/results/pusht_image.md): mean_max_reward
+0.897 (0.881-0.921), success 49%, DDIM 10, last checkpoint; 90 min a seed on a 2-core CPU
+with three seeds trained side by side (Diffusion Policy, image, CNN: 0.91 best / 0.84 last). PAPER is Diffusion Policy's image
 configuration: a ResNet-18 (group norm, spatial softmax) per camera, ConditionalUnet1D
 (256, 512, 1024), epsilon prediction, DDPM 100 / 100 steps, batch 64, AdamW 1e-4, EMA, 3000
 epochs (~300k steps at batch 64 on 200 demonstrations): a GPU job (LeRobot reports ~7 h for
