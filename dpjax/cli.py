@@ -1,4 +1,4 @@
-"""The `dpjax` command line: `dpjax collect | data | train | eval | serve | export | demo | sampler-demo | bench`.
+"""The `dpjax` command line: `dpjax collect | data | train | distill | eval | serve | export | demo | sampler-demo | bench`.
 
 Each command lives in its own module, which exposes `register(subparsers)`; that adds one
 `argparse` sub-parser and sets `func` (a callable taking the parsed namespace and returning
@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "dpjax.commands.collect",
     "dpjax.commands.data",
     "dpjax.commands.train",
+    "dpjax.commands.distill",
     "dpjax.commands.eval",
     "dpjax.commands.serve",
     "dpjax.commands.export",

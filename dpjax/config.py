@@ -29,6 +29,11 @@ from dpjax.errors import ConfigError, unknown_name
 from dpjax.nets import DENOISERS
 
 POLICY_KINDS: tuple[str, ...] = ("diffusion", "bc")
+# What a "diffusion" policy's denoiser learns: the VP noising process (eps / x0 / v targets,
+# DDPM/DDIM/DPM-Solver++/Euler/Heun samplers) or flow matching's straight path (velocity
+# target, flow_euler/flow_midpoint samplers).
+OBJECTIVES: tuple[str, ...] = ("diffusion", "flow_matching")
+_PROCESS = {"diffusion": "vp", "flow_matching": "flow"}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -62,7 +67,10 @@ class PolicyConfig:
     num_heads: int = 4
     causal: bool = False
     dtype: str = "float32"
-    # Diffusion process and training objective.
+    # Diffusion process and training objective. flow_matching: the time input is s * T for
+    # s in [0, 1], prediction_type "velocity" or "sample" (x0), a flow sampler
+    # (flow_euler, flow_midpoint); beta_schedule and loss_weighting do not apply.
+    objective: str = "diffusion"
     num_train_timesteps: int = 100
     beta_schedule: str = "squaredcos_cap_v2"
     prediction_type: str = "epsilon"
@@ -96,6 +104,13 @@ class PolicyConfig:
         if self.kind == "diffusion" and self.denoiser not in DENOISERS:
             raise unknown_name("denoiser", self.denoiser, DENOISERS)
         if self.kind == "diffusion":
+            if self.objective not in OBJECTIVES:
+                raise unknown_name("objective", self.objective, OBJECTIVES)
+            if self.objective == "flow_matching" and self.loss_weighting != "none":
+                raise ConfigError(
+                    f"loss_weighting={self.loss_weighting!r} is a diffusion (SNR) weighting; "
+                    "flow_matching trains with loss_weighting='none'"
+                )
             samplers.validate_options(self.sampler_options(), self.num_train_timesteps)
 
     def sampler_options(self, **overrides) -> samplers.SamplerOptions:
@@ -111,7 +126,19 @@ class PolicyConfig:
         # (clip_sample=None: no clipping) it is a value.
         unset = {k for k in ("method", "num_inference_steps") if overrides.get(k) is None}
         fields.update({k: v for k, v in overrides.items() if k not in unset})
-        return samplers.SamplerOptions(**fields)
+        options = samplers.SamplerOptions(**fields)
+        self.check_sampler(options.method)
+        return options
+
+    def check_sampler(self, method: str) -> None:
+        """ConfigError unless sampler `method` integrates the process this policy learned."""
+        process = _PROCESS.get(self.objective)
+        if process is None or samplers.get_sampler(method).process == process:
+            return
+        raise ConfigError(
+            f"sampler {method!r} does not sample a policy trained with objective="
+            f"{self.objective!r}; its samplers: {', '.join(samplers.sampler_names_for(process))}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,6 +4,12 @@ The seed's loss is the noise-prediction MSE: t ~ U{0..T-1}, x_t = q_sample(x0, t
 loss = |eps_theta(x_t, t) - eps|^2. Also: sample (x0) and v targets, timesteps concentrated
 on the middle of the schedule (logit-normal, the seed's "Problem 1" fix), and min-SNR-gamma
 weighting (Hang et al. 2023), which caps the weight of low-noise timesteps.
+
+Flow matching (Lipman et al. 2023; pi0's action expert): the straight path
+x_s = (1 - s) x0 + s eps, s in [0, 1] (1 = noise, as t = T - 1 is for diffusion), and the
+velocity target eps - x0; the denoiser sees the time as s * T, a float on the diffusion
+timesteps' scale. Times: uniform, logit-normal, or pi0's shifted Beta(1.5, 1) on
+[0.001, 1], which puts more weight on the noisy end.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ import jax.numpy as jnp
 from dpjax.errors import unknown_name
 from dpjax.schedules import NoiseSchedule, q_sample, training_target
 
-TIMESTEP_SAMPLINGS: tuple[str, ...] = ("uniform", "logit_normal")
+TIMESTEP_SAMPLINGS: tuple[str, ...] = ("uniform", "logit_normal", "beta")
+# pi0's flow time: s = FLOW_BETA_MIN + (1 - FLOW_BETA_MIN) * Beta(1.5, 1) (density ~ s^0.5).
+FLOW_BETA_A, FLOW_BETA_B, FLOW_BETA_MIN = 1.5, 1.0, 0.001
 LOSS_WEIGHTINGS: tuple[str, ...] = ("none", "min_snr")
 
 
@@ -28,13 +36,30 @@ def sample_timesteps(
     logit_mean: float = 0.0,
     logit_std: float = 1.0,
 ) -> jnp.ndarray:
-    """(B,) int32 training timesteps. logit_normal: t = floor(T * sigmoid(N(mean, std)))."""
+    """(B,) int32 training timesteps: uniform on {0..T-1}, or t = floor(T * s) for the
+    continuous times s of `sample_unit_times` (logit_normal: s = sigmoid(N(mean, std)))."""
     if sampling == "uniform":
         return jax.random.randint(key, (batch_size,), 0, num_train_timesteps)
+    s = sample_unit_times(key, batch_size, sampling, logit_mean, logit_std)
+    t = jnp.floor(s * num_train_timesteps).astype(jnp.int32)
+    return jnp.clip(t, 0, num_train_timesteps - 1)
+
+
+def sample_unit_times(
+    key: jax.Array,
+    batch_size: int,
+    sampling: str = "uniform",
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+) -> jnp.ndarray:
+    """(B,) float32 times in [0, 1]: uniform, logit-normal, or pi0's shifted Beta."""
+    if sampling == "uniform":
+        return jax.random.uniform(key, (batch_size,))
     if sampling == "logit_normal":
-        u = logit_mean + logit_std * jax.random.normal(key, (batch_size,))
-        t = jnp.floor(jax.nn.sigmoid(u) * num_train_timesteps).astype(jnp.int32)
-        return jnp.clip(t, 0, num_train_timesteps - 1)
+        return jax.nn.sigmoid(logit_mean + logit_std * jax.random.normal(key, (batch_size,)))
+    if sampling == "beta":
+        beta = jax.random.beta(key, FLOW_BETA_A, FLOW_BETA_B, (batch_size,))
+        return FLOW_BETA_MIN + (1.0 - FLOW_BETA_MIN) * beta
     raise unknown_name("timestep sampling", sampling, TIMESTEP_SAMPLINGS)
 
 
@@ -86,6 +111,33 @@ def diffusion_loss(
     weights = loss_weights(schedule, t, prediction_type, weighting, min_snr_gamma)
     loss = jnp.mean(weights * per_example)
     return loss, {"loss": loss, "mse": jnp.mean(per_example)}
+
+
+def flow_matching_loss(
+    denoise_fn: Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray],
+    x0: jnp.ndarray,
+    key: jax.Array,
+    num_train_timesteps: int,
+    *,
+    prediction_type: str = "velocity",
+    timestep_sampling: str = "uniform",
+) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+    """MSE between denoise_fn(x_s, s * T) and the velocity eps - x0 (prediction_type
+    "velocity") or x0 itself ("sample"), for x0 (B, H, A).
+
+    Returns (scalar loss, metrics); the noise and the times both come from `key`.
+    """
+    key_s, key_noise = jax.random.split(key)
+    s = sample_unit_times(key_s, x0.shape[0], timestep_sampling)
+    noise = jax.random.normal(key_noise, x0.shape, jnp.float32)
+    s_b = s.reshape((-1,) + (1,) * (x0.ndim - 1))
+    x_s = (1.0 - s_b) * x0 + s_b * noise
+    prediction = denoise_fn(x_s, s * num_train_timesteps).astype(jnp.float32)
+    if prediction_type not in ("velocity", "sample"):
+        raise unknown_name("flow prediction type", prediction_type, ("velocity", "sample"))
+    target = x0 if prediction_type == "sample" else noise - x0
+    loss = jnp.mean((prediction - target) ** 2)
+    return loss, {"loss": loss, "mse": loss}
 
 
 def regression_loss(prediction: jnp.ndarray, target: jnp.ndarray):

@@ -81,6 +81,37 @@ def oracle_denoiser(mixture: GaussianMixture, schedule: NoiseSchedule, predictio
     return denoise
 
 
+def oracle_velocity(mixture: GaussianMixture, x_s: jnp.ndarray, s: jnp.ndarray) -> jnp.ndarray:
+    """The exact flow-matching velocity E[eps - x0 | x_s] for x_s (B, D) on the straight path
+    x_s = (1 - s) x0 + s eps at times s (B,) in (0, 1]: (x_s - E[x0 | x_s]) / s, with
+    x_s | component k ~ N((1 - s) mu_k, ((1 - s)^2 s_k^2 + s^2) I)."""
+    a = (1.0 - s)[:, None, None]  # (B, 1, 1)
+    sig = s[:, None]  # (B, 1)
+    centers = a * mixture.means[None]  # (B, K, D)
+    var = a[..., 0] ** 2 * mixture.stds[None] ** 2 + sig**2  # (B, K)
+    diff = x_s[:, None, :] - centers
+    dim = x_s.shape[-1]
+    log_resp = (
+        jnp.log(mixture.weights)[None] - 0.5 * jnp.sum(diff**2, -1) / var - 0.5 * dim * jnp.log(var)
+    )
+    resp = jax.nn.softmax(log_resp, axis=-1)  # (B, K)
+    gain = (a[..., 0] * mixture.stds[None] ** 2 / var)[..., None]  # (B, K, 1)
+    x0_k = mixture.means[None] + gain * diff  # E[x0 | x_s, k]
+    x0 = jnp.sum(resp[..., None] * x0_k, axis=1)
+    return (x_s - x0) / sig
+
+
+def oracle_flow_denoiser(mixture: GaussianMixture, num_train_timesteps: int):
+    """`denoise_fn(x_s, t)` with t = s * T (float) for the flow samplers; x_s (B, D) or (B, H, D)."""
+
+    def denoise(x_s: jnp.ndarray, t: jnp.ndarray) -> jnp.ndarray:
+        flat = x_s.reshape(x_s.shape[0], -1).astype(jnp.float32)
+        v = oracle_velocity(mixture, flat, t.astype(jnp.float32) / num_train_timesteps)
+        return v.reshape(x_s.shape)
+
+    return denoise
+
+
 def assign_modes(mixture: GaussianMixture, x0: jnp.ndarray) -> jnp.ndarray:
     """Index (B,) of the component whose mean is nearest to each sample x0 (B, D)."""
     return jnp.argmin(jnp.sum((x0[:, None, :] - mixture.means[None]) ** 2, -1), axis=-1)

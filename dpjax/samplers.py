@@ -1,7 +1,11 @@
 """Samplers: the reverse process as one `jax.lax.scan` over precomputed per-step coefficients.
 
-A denoiser is seen only as `denoise_fn(x_t (B, ...), t (B,) int32) -> model_output (B, ...)`,
-where x_t is always the variance-preserving noisy sample the denoiser was trained on.
+A denoiser is seen only as `denoise_fn(x_t (B, ...), t (B,)) -> model_output (B, ...)`,
+where x_t is the noisy sample of the process the denoiser was trained on: for the diffusion
+samplers ("vp" process) the variance-preserving x_t at an int32 training timestep; for the
+flow-matching samplers ("flow" process: flow_euler, flow_midpoint) the point
+x_s = (1 - s) x_0 + s eps of the straight path at float32 time t = s * T, s in (0, 1], where
+the model output is the velocity eps - x_0 (`losses.flow_matching_loss`).
 
 Every method is a `SamplerMethod`: a function giving the training timesteps at which the
 denoiser is evaluated (one evaluation per scan iteration), a function giving a table of
@@ -33,6 +37,8 @@ Carry = dict[str, jnp.ndarray]
 Row = Mapping[str, jnp.ndarray]
 
 TIMESTEP_SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace")
+# What a flow-matching denoiser outputs: the velocity eps - x0, or the clean sample x0.
+FLOW_PREDICTION_TYPES: tuple[str, ...] = ("velocity", "sample")
 VARIANCE_TYPES: tuple[str, ...] = ("fixed_small", "fixed_large")
 
 
@@ -76,6 +82,9 @@ class SamplerMethod:
     is_stochastic: Callable[[SamplerOptions], bool] = lambda options: False
     # The N-step grid `timesteps` is built on, when it repeats timesteps (Heun's stages).
     step_grid: Callable[[int, int, str], np.ndarray] | None = None
+    # The noising process the denoiser must have been trained on: "vp" (diffusion, int
+    # timesteps in [0, T-1]) or "flow" (flow matching, float times in (0, T]).
+    process: str = "vp"
 
 
 _SAMPLERS: dict[str, SamplerMethod] = {}
@@ -146,10 +155,15 @@ def timesteps(
     num_inference_steps: int,
     timestep_spacing: str = "trailing",
 ) -> np.ndarray:
-    """The training timesteps at which `method` evaluates the denoiser, in order (int64)."""
+    """The training timesteps at which `method` evaluates the denoiser, in order (int64; the
+    flow samplers' float times s * T)."""
     T = schedule if isinstance(schedule, int) else schedule.num_train_timesteps
+    flow = get_sampler(method).process == "flow"
     options = SamplerOptions(
-        method=method, num_inference_steps=num_inference_steps, timestep_spacing=timestep_spacing
+        method=method,
+        num_inference_steps=num_inference_steps,
+        timestep_spacing=timestep_spacing,
+        prediction_type="velocity" if flow else "epsilon",
     )
     validate_options(options, T)
     return get_sampler(method).timesteps(T, num_inference_steps, timestep_spacing)
@@ -159,10 +173,32 @@ def num_denoiser_evaluations(method: str, num_inference_steps: int, T: int = 100
     return len(get_sampler(method).timesteps(T, num_inference_steps, "trailing"))
 
 
+PROCESSES: tuple[str, ...] = ("vp", "flow")
+MAX_FLOW_STEPS = 10_000
+
+
+def sampler_names_for(process: str) -> tuple[str, ...]:
+    """The registered samplers that integrate `process` ("vp" or "flow")."""
+    return tuple(n for n in sampler_names() if _SAMPLERS[n].process == process)
+
+
 def validate_options(options: SamplerOptions, num_train_timesteps: int) -> None:
     """Raises ConfigError/UnknownNameError for options that cannot work; checks the timesteps."""
     method = get_sampler(options.method)
     n = options.num_inference_steps
+    if method.process == "flow":  # continuous time: any step count, no timestep grid
+        if not isinstance(n, int | np.integer) or not 1 <= n <= MAX_FLOW_STEPS:
+            raise ConfigError(
+                f"num_inference_steps must be an int in [1, {MAX_FLOW_STEPS}], got {n!r}"
+            )
+        if options.clip_sample is not None and not options.clip_sample > 0:
+            raise ConfigError(f"clip_sample must be None or > 0, got {options.clip_sample}")
+        if options.prediction_type not in FLOW_PREDICTION_TYPES:
+            raise unknown_name(
+                f"prediction type of a flow sampler ({options.method})",
+                options.prediction_type, FLOW_PREDICTION_TYPES,
+            )  # fmt: skip
+        return
     if not isinstance(n, int | np.integer) or not 1 <= n <= num_train_timesteps:
         raise ConfigError(
             f"num_inference_steps must be an int in [1, {num_train_timesteps}] "
@@ -391,6 +427,73 @@ def _heun_update(carry, model_output, row, noise, options):
     }
 
 
+# --------------------------------------------------------------------------- flow matching ODE
+# The straight path x_s = (1 - s) x_0 + s eps, s from 1 (noise) to 0 (data), integrated with
+# the learned velocity v = eps - x_0: dx/ds = v. The denoiser's time input is s * T (float).
+
+
+def _flow_grid(N: int) -> np.ndarray:
+    """s_k = 1 - k / N for k = 0..N: N uniform steps from noise (1) to data (0)."""
+    return 1.0 - np.arange(N + 1) / N
+
+
+def _flow_euler_timesteps(T: int, N: int, spacing: str) -> np.ndarray:
+    return _flow_grid(N)[:-1] * T
+
+
+def _flow_euler_coefficients(schedule: NoiseSchedule, ts: np.ndarray, options: SamplerOptions):
+    s = ts / schedule.num_train_timesteps
+    return {"s": s, "ds": np.concatenate([s[1:], [0.0]]) - s}
+
+
+def _flow_midpoint_timesteps(T: int, N: int, spacing: str) -> np.ndarray:
+    """[s_0, (s_0 + s_1) / 2, s_1, ...] * T: a slope and a midpoint slope per step."""
+    grid = _flow_grid(N)
+    stages = np.stack([grid[:-1], 0.5 * (grid[:-1] + grid[1:])], axis=1)
+    return stages.reshape(-1) * T
+
+
+def _flow_midpoint_coefficients(schedule: NoiseSchedule, ts: np.ndarray, options: SamplerOptions):
+    s = ts / schedule.num_train_timesteps
+    step_from = s[0::2]
+    step_to = np.concatenate([step_from[1:], [0.0]])
+    ds = np.repeat(step_to - step_from, 2)
+    is_midpoint = np.tile([0.0, 1.0], len(step_from))
+    return {"s": s, "ds": ds, "is_midpoint": is_midpoint}
+
+
+def flow_velocity(model_output, x_s, row: Row, options: SamplerOptions) -> jnp.ndarray:
+    """The velocity to integrate: the output, or (x_s - x_0) / s for an x_0 prediction
+    (prediction_type="sample"). With clip_sample, re-derived from the clipped estimate of
+    x_0 = x_s - s v as (x_s - clip(x_0)) / s (DDIM's eps_from_clipped_x0, on this path)."""
+    if options.prediction_type == "sample":
+        x0 = model_output
+    elif options.clip_sample is None:
+        return model_output
+    else:
+        x0 = x_s - row["s"] * model_output
+    if options.clip_sample is not None:
+        x0 = jnp.clip(x0, -options.clip_sample, options.clip_sample)
+    return (x_s - x0) / row["s"]
+
+
+def _flow_euler_update(carry, model_output, row, noise, options):
+    return {"x": carry["x"] + row["ds"] * flow_velocity(model_output, carry["x"], row, options)}
+
+
+def _flow_midpoint_init(x_T, row):
+    return {"x": x_T, "step_start": x_T}
+
+
+def _flow_midpoint_update(carry, model_output, row, noise, options):
+    v = flow_velocity(model_output, carry["x"], row, options)
+    midpoint = row["is_midpoint"] > 0.5
+    start = jnp.where(midpoint, carry["step_start"], carry["x"])
+    # First stage: half a step to the midpoint; second: the whole step with its slope.
+    x = start + jnp.where(midpoint, 1.0, 0.5) * row["ds"] * v
+    return {"x": x, "step_start": start}
+
+
 register_sampler(
     "ddpm",
     SamplerMethod(
@@ -439,6 +542,25 @@ register_sampler(
         step_grid=spaced_timesteps,
     ),
 )
+register_sampler(
+    "flow_euler",
+    SamplerMethod(
+        timesteps=_flow_euler_timesteps,
+        coefficients=_flow_euler_coefficients,
+        update=_flow_euler_update,
+        process="flow",
+    ),
+)
+register_sampler(
+    "flow_midpoint",
+    SamplerMethod(
+        timesteps=_flow_midpoint_timesteps,
+        coefficients=_flow_midpoint_coefficients,
+        update=_flow_midpoint_update,
+        init=_flow_midpoint_init,
+        process="flow",
+    ),
+)
 
 
 # --------------------------------------------------------------------------- the entry point
@@ -468,18 +590,11 @@ def coefficient_table(
     return ts, {k: np.asarray(v, np.float64) for k, v in rows.items()}
 
 
-def sample_with_options(
-    denoise_fn: DenoiseFn,
-    x_T: jnp.ndarray,
-    schedule: NoiseSchedule,
-    options: SamplerOptions,
-    key: jax.Array | None = None,
-) -> jnp.ndarray:
-    """Runs the reverse process from x_T (B, ...) ~ N(0, I) to x_0 (B, ...) in one scan."""
+def _reverse_process(denoise_fn, x_T, schedule, options, key, keep_inputs: bool):
     method = get_sampler(options.method)
     ts, table = coefficient_table(schedule, options)
     rows: dict[str, Any] = {k: jnp.asarray(v, x_T.dtype) for k, v in table.items()}
-    rows["t"] = jnp.asarray(ts, jnp.int32)
+    rows["t"] = jnp.asarray(ts, jnp.float32 if method.process == "flow" else jnp.int32)
     stochastic = method.is_stochastic(options)
     if stochastic:
         if key is None:
@@ -488,14 +603,39 @@ def sample_with_options(
     batch = x_T.shape[0]
 
     def body(carry: Carry, row: Row):
-        model_output = denoise_fn(method.model_input(carry, row), jnp.full((batch,), row["t"]))
+        model_input = method.model_input(carry, row)
+        model_output = denoise_fn(model_input, jnp.full((batch,), row["t"]))
         noise = jax.random.normal(row["key"], x_T.shape, x_T.dtype) if stochastic else None
         new = method.update(carry, model_output.astype(x_T.dtype), row, noise, options)
-        return jax.tree.map(lambda a, b: a.astype(b.dtype), new, carry), None
+        new = jax.tree.map(lambda a, b: a.astype(b.dtype), new, carry)
+        return new, (model_input if keep_inputs else None)
 
     first_row = jax.tree.map(lambda a: a[0], rows)
-    carry, _ = jax.lax.scan(body, method.init(x_T, first_row), rows)
-    return carry["x"]
+    carry, inputs = jax.lax.scan(body, method.init(x_T, first_row), rows)
+    return carry["x"], inputs, rows["t"]
+
+
+def sample_with_options(
+    denoise_fn: DenoiseFn,
+    x_T: jnp.ndarray,
+    schedule: NoiseSchedule,
+    options: SamplerOptions,
+    key: jax.Array | None = None,
+) -> jnp.ndarray:
+    """Runs the reverse process from x_T (B, ...) ~ N(0, I) to x_0 (B, ...) in one scan."""
+    return _reverse_process(denoise_fn, x_T, schedule, options, key, keep_inputs=False)[0]
+
+
+def sample_trajectory(
+    denoise_fn: DenoiseFn,
+    x_T: jnp.ndarray,
+    schedule: NoiseSchedule,
+    options: SamplerOptions,
+    key: jax.Array | None = None,
+) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """(x_0 (B, ...), inputs (S, B, ...), t (S,)): the sample and every x_t the denoiser was
+    handed on the way, with its time; the same scan as `sample_with_options`."""
+    return _reverse_process(denoise_fn, x_T, schedule, options, key, keep_inputs=True)
 
 
 def sample(

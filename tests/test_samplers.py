@@ -145,7 +145,9 @@ def count_ops(text: str, op: str) -> int:
     return sum(line.count(op) for line in text.splitlines())
 
 
-@pytest.mark.parametrize("method", ["ddpm", "ddim", "dpmsolver++", "euler", "heun"])
+@pytest.mark.parametrize(
+    "method", ["ddpm", "ddim", "dpmsolver++", "euler", "heun", "flow_euler", "flow_midpoint"]
+)
 def test_one_while_loop_and_one_trace(method):
     schedule = schedules.make_schedule("linear", 1000)
     texts = {}
@@ -156,10 +158,13 @@ def test_one_while_loop_and_one_trace(method):
             traces.append(1)
             return jnp.tanh(x) * t[:, None].astype(x.dtype)
 
-        def fn(k, x, denoise=denoise, steps=steps):
+        flow = samplers.get_sampler(method).process == "flow"
+
+        def fn(k, x, denoise=denoise, steps=steps, flow=flow):
             return samplers.sample(
-                denoise, x, schedule, method=method, num_inference_steps=steps, key=k
-            )
+                denoise, x, schedule, method=method, num_inference_steps=steps, key=k,
+                prediction_type="velocity" if flow else "epsilon",
+            )  # fmt: skip
 
         texts[steps] = jax.jit(fn).lower(jax.random.key(0), jnp.ones((4, 3))).as_text()
         assert len(traces) == 1, f"denoiser traced {len(traces)} times"
@@ -202,7 +207,11 @@ def test_coefficients_finite_for_every_step_count(schedule_name, T):
     schedule = schedules.make_schedule(schedule_name, T)
     for method in samplers.sampler_names():
         for n in range(1, T + 1):
-            options = samplers.SamplerOptions(method=method, num_inference_steps=n, eta=0.5)
+            flow = samplers.get_sampler(method).process == "flow"
+            options = samplers.SamplerOptions(
+                method=method, num_inference_steps=n, eta=0.5,
+                prediction_type="velocity" if flow else "epsilon",
+            )  # fmt: skip
             ts, table = samplers.coefficient_table(schedule, options)
             assert len(ts) == samplers.num_denoiser_evaluations(method, n, T)
             for name, values in table.items():
@@ -210,12 +219,15 @@ def test_coefficients_finite_for_every_step_count(schedule_name, T):
 
 
 @pytest.mark.parametrize("schedule_name", ["squaredcos_cap_v2", "linear"])
-@pytest.mark.parametrize("method", ["ddpm", "ddim", "dpmsolver++", "euler", "heun"])
+@pytest.mark.parametrize(
+    "method", ["ddpm", "ddim", "dpmsolver++", "euler", "heun", "flow_euler", "flow_midpoint"]
+)
 def test_outputs_finite(schedule_name, method):
     schedule = schedules.make_schedule(schedule_name, 100)
     denoise = lambda x, t: jnp.tanh(x)  # a bounded, imperfect model
+    flow = samplers.get_sampler(method).process == "flow"
     for steps in (1, 2, 3, 17, 99, 100):
-        for prediction_type in ("epsilon", "v_prediction"):
+        for prediction_type in ("velocity", "sample") if flow else ("epsilon", "v_prediction"):
             x0 = run(
                 denoise,
                 schedule,
@@ -230,8 +242,11 @@ def test_outputs_finite(schedule_name, method):
 
 def test_clip_sample_bounds_x0_prediction(cosine100):
     denoise = lambda x, t: -10.0 * jnp.ones_like(x)  # predicts a huge x0
-    for method in ("ddpm", "ddim", "dpmsolver++"):
-        x0 = run(denoise, cosine100, (4, 2), method=method, num_inference_steps=10, clip_sample=1.0)
+    for method, prediction_type in [("ddpm", "epsilon"), ("ddim", "epsilon"),
+                                    ("dpmsolver++", "epsilon"), ("flow_euler", "velocity"),
+                                    ("flow_midpoint", "sample")]:  # fmt: skip
+        x0 = run(denoise, cosine100, (4, 2), method=method, num_inference_steps=10,
+                 clip_sample=1.0, prediction_type=prediction_type)  # fmt: skip
         assert float(jnp.abs(x0).max()) <= 1.0 + 1e-4, method
 
 
@@ -324,3 +339,88 @@ def test_clipped_ddim_stays_bounded_with_an_overconfident_model(cosine100):
     assert bool(jnp.all(jnp.isfinite(bounded))) and float(jnp.max(jnp.abs(bounded))) <= 1.0 + 1e-5
     diverged = run(False)
     assert not bool(jnp.all(jnp.isfinite(diverged)))
+
+
+# --------------------------------------------------------------------------- flow matching
+
+
+@pytest.mark.parametrize("method,steps", [("flow_euler", 20), ("flow_midpoint", 5)])
+def test_flow_samplers_reproduce_cup_mixture(cosine100, method, steps):
+    """The exact velocity of the straight path (closed form for a Gaussian mixture): the ODE
+    samplers reproduce the mixture, and one Euler step (every sample to the mean) does not."""
+    mixture = oracles.cup_mixture()
+    denoise = oracles.oracle_flow_denoiser(mixture, cosine100.num_train_timesteps)
+    flow = dict(prediction_type="velocity")
+    x0 = run(denoise, cosine100, (NUM_SAMPLES, 2), method=method, num_inference_steps=steps, **flow)
+    assert cup_mixture_misses(mixture, x0) == []
+    one_step = run(denoise, cosine100, (NUM_SAMPLES, 2), method="flow_euler",
+                   num_inference_steps=1, **flow)  # fmt: skip
+    assert cup_mixture_misses(mixture, one_step)
+    np.testing.assert_allclose(one_step, one_step.mean(0)[None].repeat(NUM_SAMPLES, 0), atol=1e-4)
+
+
+def test_flow_oracle_velocity_matches_monte_carlo():
+    """E[eps - x0 | x_s] of the closed form against a binned Monte-Carlo estimate (1-D)."""
+    mixture = oracles.make_mixture([0.3, 0.7], [[-1.0], [2.0]], [0.3, 0.5])
+    key_k, key_x, key_e = jax.random.split(jax.random.key(0), 3)
+    n, s = 400_000, 0.6
+    comp = jax.random.choice(key_k, 2, (n,), p=mixture.weights)
+    x0 = mixture.means[comp] + mixture.stds[comp, None] * jax.random.normal(key_x, (n, 1))
+    eps = jax.random.normal(key_e, (n, 1))
+    x_s = (1 - s) * x0 + s * eps
+    bins = np.linspace(-1.0, 2.0, 7)
+    which = np.digitize(np.asarray(x_s[:, 0]), bins)
+    v = np.asarray(eps - x0)[:, 0]
+    for b in range(1, len(bins)):
+        inside = which == b
+        center = jnp.asarray([[0.5 * (bins[b - 1] + bins[b])]])
+        exact = float(oracles.oracle_velocity(mixture, center, jnp.asarray([s]))[0, 0])
+        # the bin's mean velocity vs the exact velocity at its center (bins are 0.5 wide)
+        assert abs(v[inside].mean() - exact) < 0.15, (b, v[inside].mean(), exact)
+
+
+def test_flow_midpoint_is_second_order(cosine100):
+    """For one Gaussian N(mu, std^2) the straight-path ODE maps x_T to mu + std * x_T exactly;
+    the flow is curved (std != 1), so halving the step divides Euler's error by ~2 and the
+    midpoint method's by ~4."""
+    mixture = oracles.make_mixture([1.0], [[1.5, -0.5]], 0.3)
+    denoise = oracles.oracle_flow_denoiser(mixture, 100)
+    shape = (256, 2)
+    x_T = jax.random.normal(jax.random.key(0), shape)  # the x_T `run` starts from
+    reference = jnp.asarray([1.5, -0.5]) + 0.3 * x_T
+
+    def error(method, steps):
+        x0 = run(denoise, cosine100, shape, method=method, num_inference_steps=steps,
+                 prediction_type="velocity")  # fmt: skip
+        return float(jnp.abs(x0 - reference).max())
+
+    euler_ratio = error("flow_euler", 8) / error("flow_euler", 16)
+    midpoint_ratio = error("flow_midpoint", 8) / error("flow_midpoint", 16)
+    assert 1.6 < euler_ratio < 2.5, euler_ratio
+    assert midpoint_ratio > 3.2, midpoint_ratio
+    assert samplers.num_denoiser_evaluations("flow_midpoint", 8) == 16
+    np.testing.assert_allclose(samplers.timesteps(cosine100, "flow_euler", 4), [100, 75, 50, 25])
+
+
+def test_flow_samplers_are_flow_process():
+    assert set(samplers.sampler_names_for("flow")) == {"flow_euler", "flow_midpoint"}
+    assert "flow_euler" not in samplers.sampler_names_for("vp")
+    with pytest.raises(ConfigError, match="num_inference_steps"):
+        samplers.validate_options(
+            samplers.SamplerOptions(method="flow_euler", num_inference_steps=0), 100
+        )
+    with pytest.raises(UnknownNameError, match="velocity"):  # epsilon means nothing here
+        samplers.validate_options(samplers.SamplerOptions(method="flow_euler"), 100)
+
+
+def test_flow_x0_prediction_equals_velocity(cosine100):
+    """An x0-predicting flow denoiser (output x_s - s v) samples what the velocity one does."""
+    mixture = oracles.cup_mixture()
+    velocity = oracles.oracle_flow_denoiser(mixture, 100)
+    x0_model = lambda x, t: x - (t / 100.0)[:, None] * velocity(x, t)
+    for method in ("flow_euler", "flow_midpoint"):
+        a = run(velocity, cosine100, (256, 2), method=method, num_inference_steps=7,
+                prediction_type="velocity")  # fmt: skip
+        b = run(x0_model, cosine100, (256, 2), method=method, num_inference_steps=7,
+                prediction_type="sample")  # fmt: skip
+        np.testing.assert_allclose(a, b, atol=2e-4)

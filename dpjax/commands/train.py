@@ -1,7 +1,7 @@
 """`dpjax train CONFIG [--set field=value ...] [--out RUN_DIR] [--resume | --overwrite]`.
 
-CONFIG is a Python file defining `CONFIG = TrainConfig(...)`, or the name of one in
-experiments/; NAME:ATTR takes another config the file defines (`pusht_keypoints:PAPER`). Any field can be overridden: `--set policy.denoiser=mlp --set num_steps=200`.
+CONFIG is a Python file defining `CONFIG = TrainConfig(...)`, or the name of one shipped in
+dpjax/configs/; NAME:ATTR takes another config the file defines (`pusht_keypoints:PAPER`). Any field can be overridden: `--set policy.denoiser=mlp --set num_steps=200`.
 `dpjax train --resume RUN_DIR` continues a run from its last checkpoint with its saved config.
 """
 
@@ -18,7 +18,7 @@ def register(subparsers) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("config", nargs="?", help="config file or experiments/ name")
+    parser.add_argument("config", nargs="?", help="config file or shipped config name")
     parser.add_argument(
         "--set",
         action="append",
@@ -50,7 +50,7 @@ def run(args) -> int:
     if isinstance(args.resume, str):
         run_dir = Path(args.resume)
     elif args.config is None:
-        raise ConfigError("give a CONFIG (file or experiments/ name), or --resume RUN_DIR")
+        raise ConfigError("give a CONFIG (file or shipped config name), or --resume RUN_DIR")
     else:
         name, _, variant = args.config.partition(":")
         run_dir = Path(

@@ -258,7 +258,8 @@ class DiffusionPolicy(Policy):
         self.schedule = schedules.make_schedule(config.beta_schedule, config.num_train_timesteps)
 
     def loss(self, params, batch: Mapping[str, Any], key: jax.Array, *, standard: bool = False):
-        """Noise-prediction (or sample / v) loss on a raw batch {"observation", "action"}.
+        """Noise-prediction (sample / v; flow matching's velocity) loss on a raw batch
+        {"observation", "action"}.
 
         standard=True: uniform timesteps and no weighting whatever the config trains with, so
         validation losses of runs with different objectives compare (`validation_loss`).
@@ -270,13 +271,19 @@ class DiffusionPolicy(Policy):
         denoise = lambda x_t, t: self.network.apply(
             params, x_t, t, cond, method=PolicyNetwork.denoise
         )
+        sampling = "uniform" if standard else c.timestep_sampling
+        if c.objective == "flow_matching":
+            return losses.flow_matching_loss(
+                denoise, x0, key_loss, c.num_train_timesteps,
+                prediction_type=c.prediction_type, timestep_sampling=sampling,
+            )  # fmt: skip
         return losses.diffusion_loss(
             denoise,
             x0,
             key_loss,
             self.schedule,
             prediction_type=c.prediction_type,
-            timestep_sampling="uniform" if standard else c.timestep_sampling,
+            timestep_sampling=sampling,
             weighting="none" if standard else c.loss_weighting,
         )
 

@@ -14,10 +14,12 @@ so `resume` continues a killed run to exactly the parameters an uninterrupted ru
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,21 @@ from dpjax.policy.loading import (
 )
 from dpjax.training import step as step_lib
 from dpjax.training.logs import METRICS_FILENAME, MetricsLog
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What a run optimizes when it is not the policy's own loss (distillation).
+
+    loss(params, batch, key, frozen) -> (loss, metrics); also the validation loss.
+    frozen: a pytree every loss call reads and nothing trains (the teacher's parameters);
+        it is an argument of the compiled step, not a constant baked into it.
+    init_params: the parameters a fresh run starts from (None: `policy.init`).
+    """
+
+    loss: Callable[[Any, dict, jax.Array, Any], tuple[jnp.ndarray, dict]]
+    frozen: Any
+    init_params: Any = None
 
 
 class TrainingDivergedError(DpjaxError):
@@ -79,6 +96,8 @@ def train(
     overwrite: bool = False,
     progress: bool = True,
     stop_at_step: int | None = None,
+    objective: Objective | None = None,
+    extra_metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Trains `config` into `run_dir`; returns a summary (final loss, val loss, speed).
 
@@ -86,6 +105,8 @@ def train(
     `load_run_config(run_dir)`, possibly with overrides); config.json records what was used.
     `stop_at_step` ends this invocation early (after checkpointing that step), as a time-boxed
     job or an interruption would; `resume=True` later continues to `config.num_steps`.
+    `objective` replaces the policy's loss (and validation loss) and its initialization
+    (`dpjax.distill`); `extra_metadata` is stored with every checkpoint (e.g. the teacher).
     """
     from tqdm import tqdm
 
@@ -124,22 +145,33 @@ def train(
         else None
     )
     optimizer = step_lib.make_optimizer(config.optim, config.num_steps)
-    metadata = policy_metadata(config, normalizer, spec)
+    metadata = {**policy_metadata(config, normalizer, spec), **(extra_metadata or {})}
     save_json_atomic(run_dir / CONFIG_FILENAME, metadata["config"])
     checkpointer = Checkpointer(run_dir, max_to_keep=config.max_to_keep)
     if resume and checkpointer.latest_step() is not None:
         state, _ = checkpointer.restore(abstract_train_state(policy, config))
     else:
         key = jax.random.key(config.seed)
-        state = step_lib.init_train_state(policy.init(key), optimizer, jax.random.fold_in(key, 1))
+        if objective is None or objective.init_params is None:
+            params = policy.init(key)
+        else:  # copied: the train state is donated to each step, `frozen` may share buffers
+            params = jax.tree.map(jnp.array, objective.init_params)
+        state = step_lib.init_train_state(params, optimizer, jax.random.fold_in(key, 1))
     state = step_lib.put_replicated(state, mesh)
+    # The standard objective (uniform timesteps, unweighted) validates: runs with different
+    # timestep sampling or loss weighting report comparable validation losses.
+    loss_fn, val_loss_fn = policy.loss, policy.validation_loss
+    frozen: tuple = ()
+    if objective is not None:
+        loss_fn = val_loss_fn = objective.loss
+        frozen = (step_lib.put_replicated(objective.frozen, mesh),)
     step_fn = step_lib.make_train_step(
-        policy.loss, optimizer, config.optim, mesh, config.batch_size, config.num_steps
+        loss_fn, optimizer, config.optim, mesh, config.batch_size, config.num_steps, bool(frozen)
     )
     eval_fn = (
-        # The standard objective (uniform timesteps, unweighted): runs with different
-        # timestep sampling or loss weighting report comparable validation losses.
-        step_lib.make_eval_loss(policy.validation_loss, mesh, config.batch_size, config.val_batches)
+        step_lib.make_eval_loss(
+            val_loss_fn, mesh, config.batch_size, config.val_batches, bool(frozen)
+        )
         if val_data is not None
         else None
     )
@@ -152,7 +184,7 @@ def train(
     t_last, steps_since = time.perf_counter(), 0
     try:
         for step in range(start_step + 1, config.num_steps + 1):
-            state, metrics = step_fn(state, train_data)
+            state, metrics = step_fn(state, train_data, *frozen)
             steps_since += 1
             bar.update(1)
             is_log = step % config.log_every == 0 or step == config.num_steps
@@ -182,7 +214,9 @@ def train(
             now = time.perf_counter()
             record["steps_per_sec"] = steps_since / (now - t_last)
             t_last, steps_since = now, 0
-            val_loss = float(eval_fn(state.ema_params, val_data, val_key)) if is_eval else None
+            val_loss = (
+                float(eval_fn(state.ema_params, val_data, val_key, *frozen)) if is_eval else None
+            )
             if val_loss is not None:
                 record["val_loss"] = val_loss
             if is_rollout:

@@ -149,22 +149,25 @@ def make_train_step(
     mesh: Mesh,
     batch_size: int,
     num_steps: int,
+    with_frozen: bool = False,
 ):
     """Jitted `(state, data: WindowData) -> (state, metrics)`; state replicated, batch sharded.
 
-    `batch_size` is the global batch; it must divide evenly over the mesh.
+    `batch_size` is the global batch; it must divide evenly over the mesh. `with_frozen`:
+    the step is `(state, data, frozen)` and the loss `loss_fn(params, batch, key, frozen)`,
+    where `frozen` is a pytree that is read, never trained (a distillation teacher's params).
     """
     num_devices = mesh.devices.size
     if batch_size % num_devices:
         raise ConfigError(f"batch_size {batch_size} is not divisible by {num_devices} devices")
     lr = learning_rate_schedule(optim_config, num_steps)
 
-    def step(state: TrainState, data: WindowData):
+    def step(state: TrainState, data: WindowData, *frozen):
         rng, key_batch, key_loss = jax.random.split(state.rng, 3)
         batch = sample_windows(data, key_batch, batch_size)
         batch = jax.lax.with_sharding_constraint(batch, batch_sharded(mesh))
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, batch, key_loss
+            state.params, batch, key_loss, *frozen
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -180,27 +183,31 @@ def make_train_step(
 
     return jax.jit(
         step,
-        in_shardings=(replicated(mesh), replicated(mesh)),
+        in_shardings=(replicated(mesh),) * (3 if with_frozen else 2),
         out_shardings=(replicated(mesh), replicated(mesh)),
         donate_argnums=(0,),
     )
 
 
-def make_eval_loss(loss_fn: LossFn, mesh: Mesh, batch_size: int, num_batches: int):
-    """Jitted `(params, data, key) -> mean loss` over `num_batches` fixed-key batches."""
+def make_eval_loss(
+    loss_fn: LossFn, mesh: Mesh, batch_size: int, num_batches: int, with_frozen: bool = False
+):
+    """Jitted `(params, data, key[, frozen]) -> mean loss` over `num_batches` fixed-key
+    batches (`frozen` as in `make_train_step`)."""
 
-    def evaluate(params, data: WindowData, key: jax.Array):
+    def evaluate(params, data: WindowData, key: jax.Array, *frozen):
         def one(carry, k):
             key_batch, key_loss = jax.random.split(k)
             batch = sample_windows(data, key_batch, batch_size)
             batch = jax.lax.with_sharding_constraint(batch, batch_sharded(mesh))
-            loss, _ = loss_fn(params, batch, key_loss)
+            loss, _ = loss_fn(params, batch, key_loss, *frozen)
             return carry + loss, None
 
         total, _ = jax.lax.scan(one, jnp.zeros(()), jax.random.split(key, num_batches))
         return total / num_batches
 
-    return jax.jit(evaluate, in_shardings=(replicated(mesh), replicated(mesh), None))
+    shardings = (replicated(mesh), replicated(mesh), None)
+    return jax.jit(evaluate, in_shardings=shardings + ((replicated(mesh),) if with_frozen else ()))
 
 
 def put_replicated(tree, mesh: Mesh):

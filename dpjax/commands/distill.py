@@ -1,0 +1,72 @@
+"""`dpjax distill TEACHER_RUN --method consistency|bc --out STUDENT_RUN [--steps N]`.
+
+Trains a student of a trained diffusion (or flow matching) policy into a run directory that
+`dpjax eval`, `dpjax serve` and `load_policy` accept like any other:
+
+  consistency  1-3 denoiser calls a chunk: the student regresses the end of the teacher's
+               deterministic sampling trajectory (DDIM / flow Euler, --teacher-steps calls)
+               from x_T and from points along it; starts from the teacher's weights.
+               Evaluate with `dpjax eval STUDENT_RUN` (1 step) or `--steps 2|3`.
+  bc           one forward pass: a regression head fitting the teacher's sampled chunks;
+               the backup of a FallbackPolicy (`dpjax serve --fallback STUDENT_RUN`).
+
+The teacher's dataset (from its config) supplies the observations; any student field can be
+overridden with --set, as for `dpjax train`. `--resume` continues an interrupted student.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "distill",
+        help="train a consistency (1-3 step) or BC student of a trained policy",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("teacher", metavar="TEACHER_RUN", help="the trained policy's run directory")
+    parser.add_argument("--method", required=True, choices=("consistency", "bc"))
+    parser.add_argument("--out", required=True, help="the student's run directory")
+    parser.add_argument("--steps", type=int, help="training steps (default: the teacher's / 2 "
+                        "for consistency, / 3 for bc)")  # fmt: skip
+    parser.add_argument("--teacher-sampler", help="the teacher's sampler (default: ddim, or "
+                        "flow_euler for a flow matching teacher; bc: the teacher's own)")  # fmt: skip
+    parser.add_argument("--teacher-steps", type=int,
+                        help="the teacher's step count (default: 12; bc: the teacher's own)")  # fmt: skip
+    parser.add_argument("--hidden-dims", help="bc: the student's MLP widths, e.g. 256,256")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a field of the student's config (repeatable)")  # fmt: skip
+    parser.add_argument("--resume", action="store_true", help="continue the student in --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out run")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from dpjax.distill import distill
+    from dpjax.errors import ConfigError
+
+    hidden = None
+    if args.hidden_dims:
+        try:
+            hidden = tuple(int(v) for v in args.hidden_dims.split(","))
+        except ValueError as e:
+            raise ConfigError(f"--hidden-dims: expected widths like 256,256, got "
+                              f"{args.hidden_dims!r}") from e  # fmt: skip
+    if args.steps is not None and args.steps < 1:
+        raise ConfigError(f"--steps must be >= 1, got {args.steps}")
+    summary = distill(
+        args.teacher, args.method, args.out, num_steps=args.steps,
+        teacher_sampler=args.teacher_sampler, teacher_steps=args.teacher_steps,
+        hidden_dims=hidden, overrides=tuple(args.set), resume=args.resume,
+        overwrite=args.overwrite,
+    )  # fmt: skip
+    out = Path(args.out)
+    print(
+        f"distilled ({args.method}) to step {summary.get('final_step', summary['start_step'])}: "
+        f"loss {summary.get('loss', float('nan')):.4f}\nstudent run directory: {out} "
+        f"(evaluate with: dpjax eval {out})"
+    )
+    return 0

@@ -1,0 +1,216 @@
+"""Students of a trained policy: a run directory that `dpjax eval` and `load_policy` accept.
+
+consistency: a 1-3 step diffusion student. The student learns the teacher's consistency
+    function f(x_t, t) = the end of the teacher's deterministic sampling trajectory through
+    x_t. Targets are computed, not bootstrapped: every training batch draws x_T, runs the
+    teacher's ODE sampler (DDIM or flow Euler, `teacher_steps` denoiser calls) on the batch's
+    observations, and the student regresses that endpoint from x_T and from one random point
+    of the trajectory (Luhman & Luhman 2021's one-step distillation, extended to every
+    trajectory point as the consistency function is; Song et al.'s self-consistency loss
+    replaces the endpoint by a one-step bootstrap because for images the full trajectory is
+    too expensive, which for action chunks it is not). The student is the teacher's network,
+    initialized from the teacher, predicting the clean chunk (VP: prediction_type="sample",
+    sampled with DDIM at 1 step; flow teacher: a flow student whose velocity is
+    (x_s - endpoint) / s, sampled with flow_euler at 1 step).
+bc: a regression (BC) student fitting the teacher's sampled chunks (its default sampler) on
+    the dataset's observations: one forward pass, the seed's "train small BC from diffusion",
+    and the backup of `dpjax.policy.fallback.FallbackPolicy`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from dpjax import samplers
+from dpjax.config import TrainConfig
+from dpjax.errors import ConfigError, unknown_name
+from dpjax.policy.loading import load_policy, load_run_config
+from dpjax.policy.policies import PolicyNetwork
+
+DISTILL_METHODS: tuple[str, ...] = ("consistency", "bc")
+# The teacher's grid: 12 trailing steps over T = 100 visit 99, 66, 49, 32 and 24, the first
+# timesteps of the student's 1-, 2-, 3- and 4-step trailing grids.
+DEFAULT_TEACHER_STEPS = 12
+
+
+def student_config(
+    teacher: TrainConfig,
+    method: str,
+    *,
+    num_steps: int,
+    hidden_dims: tuple[int, ...] | None = None,
+) -> TrainConfig:
+    """The student's TrainConfig: the teacher's data, horizons and observation keys."""
+    tp = teacher.policy
+    if method == "consistency":
+        if tp.objective == "flow_matching":
+            policy = dataclasses.replace(tp, sampler="flow_euler", num_inference_steps=1)
+        else:
+            policy = dataclasses.replace(
+                tp, prediction_type="sample", sampler="ddim", num_inference_steps=1,
+                timestep_spacing="trailing", eta=0.0, loss_weighting="none",
+                clip_sample=tp.clip_sample if tp.clip_sample is not None else 1.0,
+            )  # fmt: skip
+    elif method == "bc":
+        policy = dataclasses.replace(tp, kind="bc", hidden_dims=hidden_dims or (256, 256))
+    else:
+        raise unknown_name("distillation method", method, DISTILL_METHODS)
+    # In-training rollouts stay available (the loop runs them on the student's policy).
+    return dataclasses.replace(teacher, policy=policy, num_steps=num_steps)
+
+
+def teacher_options(teacher_policy, method: str, teacher_sampler: str | None, teacher_steps):
+    """The teacher's sampler: deterministic for consistency (the ODE whose map is learned)."""
+    tc = teacher_policy.config
+    if method == "consistency":
+        default = "flow_euler" if tc.objective == "flow_matching" else "ddim"
+        options = tc.sampler_options(
+            method=teacher_sampler or default,
+            num_inference_steps=teacher_steps or DEFAULT_TEACHER_STEPS,
+            eta=0.0,
+        )
+        if samplers.get_sampler(options.method).is_stochastic(options):
+            raise ConfigError(
+                f"--teacher-sampler {options.method!r} is stochastic; consistency distillation "
+                "learns the map of a deterministic sampler (ddim, dpmsolver++, euler, heun, "
+                "flow_euler, flow_midpoint)"
+            )
+        return options
+    return tc.sampler_options(method=teacher_sampler, num_inference_steps=teacher_steps)
+
+
+def _denoise_fn(policy, params, cond):
+    return lambda x_t, t: policy.network.apply(params, x_t, t, cond, method=PolicyNetwork.denoise)
+
+
+def _teacher_rollout(teacher, teacher_params, observation, key, options):
+    """(x_T, x_0, inputs (S, B, H, A), t (S,)) of the teacher's sampler, normalized actions."""
+    c = teacher.config
+    cond = teacher._encode(teacher_params, observation, False)
+    key_noise, key_sampler = jax.random.split(key)
+    x_T = jax.random.normal(key_noise, (cond.shape[0], c.pred_horizon, c.action_dim))
+    x0, inputs, ts = samplers.sample_trajectory(
+        _denoise_fn(teacher, teacher_params, cond), x_T, teacher.schedule, options, key_sampler
+    )
+    return x_T, jax.lax.stop_gradient(x0), jax.lax.stop_gradient(inputs), ts
+
+
+def consistency_loss(student, teacher, options):
+    """loss(params, batch, key, teacher_params): the student's clean-chunk estimate from x_T
+    and from a random point of the teacher's trajectory, against the trajectory's end."""
+    flow = student.config.objective == "flow_matching"
+    T = student.config.num_train_timesteps
+
+    def clean_estimate(params, x_t, t, cond):
+        out = _denoise_fn(student, params, cond)(x_t, t).astype(jnp.float32)
+        if not flow or student.config.prediction_type == "sample":
+            return out
+        s = (t.astype(jnp.float32) / T)[:, None, None]
+        return x_t - s * out  # the x_0 one Euler step to s = 0 lands on
+
+    def loss(params, batch, key, teacher_params):
+        key_teacher, key_pick, key_aug = jax.random.split(key, 3)
+        x_T, x0, inputs, ts = _teacher_rollout(
+            teacher, teacher_params, batch["observation"], key_teacher, options
+        )
+        batch_size = x_T.shape[0]
+        pick = jax.random.randint(key_pick, (batch_size,), 0, inputs.shape[0])
+        x_mid = inputs[pick, jnp.arange(batch_size)]
+        cond = student._encode(params, batch["observation"], True, key_aug)
+        first = clean_estimate(params, inputs[0], jnp.full((batch_size,), ts[0]), cond)
+        middle = clean_estimate(params, x_mid, ts[pick], cond)
+        one_step = jnp.mean((first - x0) ** 2)
+        loss = 0.5 * (one_step + jnp.mean((middle - x0) ** 2))
+        return loss, {"loss": loss, "mse": one_step}
+
+    return loss
+
+
+def bc_loss(student, teacher, options):
+    """loss(params, batch, key, teacher_params): MSE to the teacher's sampled chunk."""
+
+    def loss(params, batch, key, teacher_params):
+        key_teacher, key_aug = jax.random.split(key)
+        cond_t = teacher._encode(teacher_params, batch["observation"], False)
+        c = teacher.config
+        key_noise, key_sampler = jax.random.split(key_teacher)
+        x_T = jax.random.normal(key_noise, (cond_t.shape[0], c.pred_horizon, c.action_dim))
+        target = samplers.sample_with_options(
+            _denoise_fn(teacher, teacher_params, cond_t), x_T, teacher.schedule, options,
+            key_sampler,
+        )  # fmt: skip
+        cond = student._encode(params, batch["observation"], True, key_aug)
+        prediction = student.network.apply(params, cond, method=PolicyNetwork.regress)
+        loss = jnp.mean((prediction.astype(jnp.float32) - jax.lax.stop_gradient(target)) ** 2)
+        return loss, {"loss": loss, "mse": loss}
+
+    return loss
+
+
+def distill(
+    teacher_run: str | Path,
+    method: str,
+    out: str | Path,
+    *,
+    num_steps: int | None = None,
+    teacher_sampler: str | None = None,
+    teacher_steps: int | None = None,
+    hidden_dims: tuple[int, ...] | None = None,
+    overrides: tuple[str, ...] = (),
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Trains a `method` student of the run in `teacher_run` into the run directory `out`."""
+    from dpjax.config import apply_overrides
+    from dpjax.data import load_dataset
+    from dpjax.policy.loading import build_policy
+    from dpjax.training.loop import Objective, train
+
+    if method not in DISTILL_METHODS:
+        raise unknown_name("distillation method", method, DISTILL_METHODS)
+    teacher, teacher_params, teacher_meta = load_policy(teacher_run)
+    if teacher.config.kind != "diffusion":
+        raise ConfigError(f"{teacher_run} is a {teacher.config.kind} policy; a teacher must be "
+                          "a diffusion (or flow matching) policy")  # fmt: skip
+    teacher_config = load_run_config(Path(teacher_run))
+    if num_steps is None:
+        num_steps = teacher_config.num_steps // (2 if method == "consistency" else 3)
+    config = student_config(teacher_config, method, num_steps=num_steps, hidden_dims=hidden_dims)
+    config = apply_overrides(config, overrides)
+    config.policy.validate()
+    options = teacher_options(teacher, method, teacher_sampler, teacher_steps)
+    student, _, _ = build_policy(config, load_dataset(config.dataset))
+    if student.normalizer.to_dict() != teacher.normalizer.to_dict():
+        raise ConfigError(
+            f"the dataset {config.dataset} is not the one the teacher was normalized on "
+            "(its statistics differ)"
+        )
+    make_loss = consistency_loss if method == "consistency" else bc_loss
+    objective = Objective(
+        loss=make_loss(student, teacher, options),
+        frozen=teacher_params,
+        # A consistency student starts as its teacher (same network); BC from scratch.
+        init_params=teacher_params if method == "consistency" else None,
+    )
+    record = {
+        "teacher": {
+            "run_dir": str(Path(teacher_run).resolve()),
+            "step": teacher_meta["step"],
+            "method": method,
+            "sampler": options.method,
+            "num_inference_steps": options.num_inference_steps,
+            "denoiser_evaluations_per_chunk": samplers.num_denoiser_evaluations(
+                options.method, options.num_inference_steps, teacher.config.num_train_timesteps
+            ),
+        }
+    }
+    return train(
+        config, out, resume=resume, overwrite=overwrite, progress=progress,
+        objective=objective, extra_metadata={"distillation": record["teacher"]},
+    )  # fmt: skip
