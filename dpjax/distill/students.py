@@ -115,20 +115,28 @@ def consistency_loss(student, teacher, options):
 
     def loss(params, batch, key, teacher_params):
         key_teacher, key_pick, key_aug = jax.random.split(key, 3)
-        x_T, x0, inputs, ts = _teacher_rollout(
+        _, x0, inputs, ts = _teacher_rollout(
             teacher, teacher_params, batch["observation"], key_teacher, options
         )
-        batch_size = x_T.shape[0]
-        pick = jax.random.randint(key_pick, (batch_size,), 0, inputs.shape[0])
-        x_mid = inputs[pick, jnp.arange(batch_size)]
         cond = student._encode(params, batch["observation"], True, key_aug)
-        first = clean_estimate(params, inputs[0], jnp.full((batch_size,), ts[0]), cond)
-        middle = clean_estimate(params, x_mid, ts[pick], cond)
-        one_step = jnp.mean((first - x0) ** 2)
-        loss = 0.5 * (one_step + jnp.mean((middle - x0) ** 2))
-        return loss, {"loss": loss, "mse": one_step}
+        estimate = lambda x_t, t: clean_estimate(params, x_t, t, cond)
+        return consistency_regression(estimate, x0, inputs, ts, key_pick)
 
     return loss
+
+
+def consistency_regression(clean_estimate, x0, inputs, ts, key):
+    """(loss, metrics) of a student `clean_estimate(x_t (B, ...), t (B,)) -> x_0 estimate`
+    against a teacher trajectory's end x0 (B, ...), from its start inputs[0] = x_T and from
+    one random point inputs[k] (inputs (S, B, ...), their times ts (S,)), weighted 1:1.
+    metrics["mse"] is the one-step error alone."""
+    batch_size = x0.shape[0]
+    pick = jax.random.randint(key, (batch_size,), 0, inputs.shape[0])
+    first = clean_estimate(inputs[0], jnp.full((batch_size,), ts[0]))
+    middle = clean_estimate(inputs[pick, jnp.arange(batch_size)], ts[pick])
+    one_step = jnp.mean((first - x0) ** 2)
+    loss = 0.5 * (one_step + jnp.mean((middle - x0) ** 2))
+    return loss, {"loss": loss, "mse": one_step}
 
 
 def bc_loss(student, teacher, options):

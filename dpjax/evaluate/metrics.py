@@ -47,10 +47,13 @@ def chunk_boundary_jumps(actions: np.ndarray, lengths: np.ndarray, action_horizo
     return mean(boundary), mean(inside)
 
 
-def measure_chunk_latency(policy, params, repeats: int = 20, **options) -> dict[str, float]:
-    """Median and p95 wall time of one (batch-1) observation -> action chunk call."""
+def measure_chunk_latency(
+    policy, params, repeats: int = 20, batch_size: int = 1, **options
+) -> dict[str, float]:
+    """Median and p95 wall time of one observation -> action chunk call (batch_size
+    observations at once; the default 1 is a robot's control loop)."""
     fn = policy.inference_fn(**options)
-    observation = policy.example_observation(1)
+    observation = policy.example_observation(batch_size)
     key = jax.random.key(0)
     jax.block_until_ready(fn(params, observation, key))  # compile
     times = []

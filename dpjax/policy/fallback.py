@@ -5,13 +5,15 @@
   - out of the action bounds seen in the data by more than `margin` (the normalizer maps the
     data's min/max to [-1, 1]; an example is out when any |normalized action| > 1 + margin),
   - late: not ready `latency_budget_ms` after the call began (`act` only; the backup's chunk
-    is computed first, then the primary is dispatched asynchronously and polled),
+    is computed first, the primary runs on a worker thread that is waited on until the
+    deadline; a late chunk is discarded when it arrives),
 in which case that example gets the backup's chunk (usually a BC student from
 `dpjax distill --method bc`, one forward pass). Every decision is counted in `counts`.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import time
 from collections.abc import Mapping
@@ -53,6 +55,7 @@ class FallbackPolicy:
         self.margin = margin
         self.latency_budget_ms = latency_budget_ms
         self.counts = dict.fromkeys(REASONS, 0)
+        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="primary")
 
     # The policy surface the rest of dpjax reads (servers, evaluation).
     @property
@@ -112,16 +115,16 @@ class FallbackPolicy:
         fallback = np.asarray(self.backup.inference_fn()(params[1], obs, key))
         primary_fn = self.primary.inference_fn(sampler=sampler,
                                                num_inference_steps=num_inference_steps)  # fmt: skip
-        chunk = primary_fn(params[0], obs, key)  # dispatched asynchronously
-        if self.latency_budget_ms is not None:
-            deadline = start + self.latency_budget_ms / 1e3
-            while not chunk.is_ready() and time.perf_counter() < deadline:
-                time.sleep(0.0002)
-            if not chunk.is_ready():
-                self.counts["late"] += batch
-                return fallback, ["late"] * batch
-        reason = np.asarray(self.reasons(chunk))
-        actions = np.where((reason == 0)[:, None, None], np.asarray(chunk), fallback)
+        job = self._worker.submit(lambda: np.asarray(primary_fn(params[0], obs, key)))
+        budget = self.latency_budget_ms
+        timeout = None if budget is None else max(start + budget / 1e3 - time.perf_counter(), 0)
+        try:
+            chunk = job.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            self.counts["late"] += batch
+            return fallback, ["late"] * batch
+        reason = np.asarray(self.reasons(jnp.asarray(chunk)))
+        actions = np.where((reason == 0)[:, None, None], chunk, fallback)
         names = [REASONS[int(r)] for r in reason]
         for name in names:
             self.counts[name] += 1

@@ -1,0 +1,203 @@
+"""Distillation: the consistency student on an exact teacher, `dpjax distill` end to end, and
+the fallback policy (non-finite, out of bounds, late)."""
+
+import json
+import os
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from dpjax import cli, oracles, samplers, schedules
+from dpjax.distill.students import consistency_regression
+from dpjax.envs.collect import collect_demos
+from dpjax.errors import ConfigError
+from dpjax.policy import load_policy
+from dpjax.policy.fallback import FallbackPolicy
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_evaluate_cli import tiny_run  # noqa: E402
+
+
+class Student(nn.Module):
+    """(x_t (B, 2), t (B,)) -> x_0 estimate (B, 2)."""
+
+    @nn.compact
+    def __call__(self, x, t):
+        h = jnp.concatenate([x, (t[:, None].astype(jnp.float32) / 100.0)], -1)
+        for width in (256, 256, 256):
+            h = nn.silu(nn.Dense(width)(h))
+        return nn.Dense(2)(h)
+
+
+def test_consistency_student_draws_the_teachers_modes_in_one_step():
+    """Teacher: the exact denoiser of the cup mixture, sampled with 12 DDIM steps. A student
+    trained by `consistency_regression` on its trajectories draws the teacher's mode
+    frequencies in one call (within 4 points); one DDIM step of the teacher itself puts
+    everything in one mode."""
+    schedule = schedules.make_schedule("squaredcos_cap_v2", 100)
+    mixture = oracles.cup_mixture()
+    teacher = oracles.oracle_denoiser(mixture, schedule)
+    options = samplers.SamplerOptions(method="ddim", num_inference_steps=12)
+    student = Student()
+    params = student.init(jax.random.key(0), jnp.zeros((1, 2)), jnp.zeros((1,), jnp.int32))
+    optimizer = optax.adam(optax.cosine_decay_schedule(2e-3, 3000))
+    opt_state = optimizer.init(params)
+
+    @jax.jit
+    def step(carry, key):
+        params, opt_state = carry
+        key_noise, key_pick = jax.random.split(key)
+        x_T = jax.random.normal(key_noise, (512, 2))
+        x0, inputs, ts = samplers.sample_trajectory(teacher, x_T, schedule, options)
+
+        def loss_fn(p):
+            estimate = lambda x, t: student.apply(p, x, t)
+            return consistency_regression(estimate, x0, inputs, ts, key_pick)[0]
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = optimizer.update(grads, opt_state)
+        return (optax.apply_updates(params, updates), opt_state), loss
+
+    (params, _), losses = jax.lax.scan(step, (params, opt_state),
+                                       jax.random.split(jax.random.key(1), 3000))  # fmt: skip
+    assert float(losses[-100:].mean()) < 0.2 * float(losses[:100].mean())
+    x_T = jax.random.normal(jax.random.key(2), (4000, 2))
+    reference = samplers.sample_with_options(teacher, x_T, schedule, options)
+    one_call = student.apply(params, x_T, jnp.full((4000,), 99))
+    naive = samplers.sample(teacher, x_T, schedule, method="ddim", num_inference_steps=1)
+    teacher_freqs = oracles.mode_frequencies(mixture, reference)
+    student_error = np.abs(oracles.mode_frequencies(mixture, one_call) - teacher_freqs).max()
+    naive_error = np.abs(oracles.mode_frequencies(mixture, naive) - teacher_freqs).max()
+    assert student_error < 0.04, (student_error, oracles.mode_frequencies(mixture, one_call))
+    assert naive_error > 0.3, naive_error
+    # and the student's samples sit on the modes (not between them, as a regressor's would)
+    spread = np.linalg.norm(
+        one_call - mixture.means[oracles.assign_modes(mixture, one_call)], axis=-1
+    )
+    assert float(np.median(spread)) < 0.4, float(np.median(spread))
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    data = collect_demos(root / "data", 6, 0, progress=False)
+    return tiny_run(data, root / "teacher")
+
+
+def test_dpjax_distill_writes_students_that_load_and_evaluate(teacher, tmp_path, capsys):
+    consistency, bc = tmp_path / "cd", tmp_path / "bc"
+    assert cli.main(["distill", str(teacher), "--method", "consistency", "--out",
+                     str(consistency), "--steps", "3", "--teacher-steps", "4"]) == 0  # fmt: skip
+    assert cli.main(["distill", str(teacher), "--method", "bc", "--out", str(bc),
+                     "--steps", "3", "--hidden-dims", "32,32"]) == 0  # fmt: skip
+    assert "dpjax eval" in capsys.readouterr().out
+    student, _, meta = load_policy(consistency)
+    c = student.config
+    assert (c.kind, c.prediction_type, c.sampler, c.num_inference_steps) == (
+        "diffusion", "sample", "ddim", 1)  # fmt: skip
+    assert meta["distillation"]["method"] == "consistency"
+    assert meta["distillation"]["denoiser_evaluations_per_chunk"] == 4
+    assert meta["step"] == 3
+    bc_policy, _, bc_meta = load_policy(bc)
+    assert bc_policy.config.kind == "bc" and bc_policy.config.hidden_dims == (32, 32)
+    assert bc_meta["distillation"]["method"] == "bc"
+    assert cli.main(["eval", str(consistency), "--episodes", "3"]) == 0
+    result = json.loads(next((consistency / "eval").glob("eval_*.json")).read_text())
+    assert result["num_inference_steps"] == 1 and len(result["per_episode"]["success"]) == 3
+
+
+def test_dpjax_distill_rejects_bad_teachers_and_options(teacher, tmp_path, capsys):
+    assert cli.main(["distill", str(tmp_path / "nothing"), "--method", "bc",
+                     "--out", str(tmp_path / "x")]) == 2  # fmt: skip
+    assert "no checkpoint" in capsys.readouterr().err
+    assert cli.main(["distill", str(teacher), "--method", "consistency", "--out",
+                     str(tmp_path / "y"), "--teacher-sampler", "ddpm"]) == 2  # fmt: skip
+    assert "stochastic" in capsys.readouterr().err
+    assert cli.main(["distill", str(teacher), "--method", "bc", "--out", str(tmp_path / "z"),
+                     "--hidden-dims", "wide"]) == 2  # fmt: skip
+    assert "--hidden-dims" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists() or not (tmp_path / "y" / "checkpoints").exists()
+
+
+@pytest.fixture(scope="module")
+def pair(teacher, tmp_path_factory):
+    bc = tmp_path_factory.mktemp("fallback") / "bc"
+    assert cli.main(["distill", str(teacher), "--method", "bc", "--out", str(bc),
+                     "--steps", "2"]) == 0  # fmt: skip
+    primary, primary_params, _ = load_policy(teacher)
+    backup, backup_params, _ = load_policy(bc)
+    return primary, primary_params, backup, backup_params
+
+
+def _observation(policy, batch=3):
+    rng = np.random.default_rng(0)
+    return {k: rng.uniform(-1, 1, v.shape).astype(np.float32)
+            for k, v in policy.example_observation(batch).items()}  # fmt: skip
+
+
+def test_fallback_on_non_finite_and_out_of_bounds_chunks(pair):
+    primary, primary_params, backup, backup_params = pair
+    policy = FallbackPolicy(primary, backup)
+    obs, key = _observation(primary), jax.random.key(0)
+    actions, reasons = policy.act((primary_params, backup_params), obs, key)
+    expected = np.asarray(primary.act(primary_params, obs, key))
+    assert reasons == ["primary"] * 3
+    np.testing.assert_array_equal(actions, expected)
+    broken = jax.tree.map(lambda a: a * np.nan, primary_params)  # an injected NaN
+    actions, reasons = policy.act((broken, backup_params), obs, key)
+    assert reasons == ["non_finite"] * 3
+    np.testing.assert_allclose(actions, backup.act(backup_params, obs, key), atol=1e-6)
+    assert policy.counts == {"primary": 3, "non_finite": 3, "out_of_bounds": 0, "late": 0}
+    assert policy.fallback_rate() == 0.5
+    # bounds: the data's range maps to [-1, 1]; 1.2 is out by more than the 0.05 margin
+    n = primary.normalizer
+    inside = n.unnormalize("action", jnp.full((1, 4, 2), 0.99))
+    outside = n.unnormalize("action", jnp.full((1, 4, 2), 0.99).at[0, 2, 1].set(1.2))
+    np.testing.assert_array_equal(policy.reasons(jnp.concatenate([inside, outside])), [0, 2])
+    # the jitted form (for rollouts and servers) applies the same selection
+    fn = policy.inference_fn()
+    np.testing.assert_allclose(fn((broken, backup_params), obs, key),
+                               backup.act(backup_params, obs, key), atol=1e-6)  # fmt: skip
+
+
+class _SlowPolicy:
+    """The primary with an injected delay inside its program."""
+
+    def __init__(self, policy, delay_s):
+        self._policy, self._delay = policy, delay_s
+        self.config, self.normalizer = policy.config, policy.normalizer
+        self.observation_keys = policy.observation_keys
+        self.check_observation = policy.check_observation
+
+    def inference_fn(self, **options):
+        fast = self._policy.inference_fn(**options)
+
+        def slow(params, obs, key):
+            chunk = fast(params, obs, key)
+            wait = lambda c: (time.sleep(self._delay), c)[1]
+            return jax.pure_callback(wait, jax.ShapeDtypeStruct(chunk.shape, chunk.dtype), chunk)
+
+        return jax.jit(slow)
+
+
+def test_fallback_on_an_injected_delay(pair):
+    primary, primary_params, backup, backup_params = pair
+    obs, key = _observation(primary, 2), jax.random.key(1)
+    slow = _SlowPolicy(primary, 0.5)
+    late = FallbackPolicy(slow, backup, latency_budget_ms=50)
+    late.act((primary_params, backup_params), obs, key)  # compiles
+    start = time.perf_counter()
+    actions, reasons = late.act((primary_params, backup_params), obs, key)
+    assert reasons == ["late", "late"] and time.perf_counter() - start < 0.45
+    np.testing.assert_allclose(actions, backup.act(backup_params, obs, key), atol=1e-6)
+    patient = FallbackPolicy(slow, backup, latency_budget_ms=5000)
+    _, reasons = patient.act((primary_params, backup_params), obs, key)
+    assert reasons == ["primary", "primary"]
+    with pytest.raises(ConfigError, match="latency_budget_ms"):
+        FallbackPolicy(primary, backup, latency_budget_ms=0)
