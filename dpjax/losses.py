@@ -127,14 +127,14 @@ def flow_matching_loss(
 
     Returns (scalar loss, metrics); the noise and the times both come from `key`.
     """
+    if prediction_type not in ("velocity", "sample"):
+        raise unknown_name("flow prediction type", prediction_type, ("velocity", "sample"))
     key_s, key_noise = jax.random.split(key)
     s = sample_unit_times(key_s, x0.shape[0], timestep_sampling)
     noise = jax.random.normal(key_noise, x0.shape, jnp.float32)
     s_b = s.reshape((-1,) + (1,) * (x0.ndim - 1))
     x_s = (1.0 - s_b) * x0 + s_b * noise
     prediction = denoise_fn(x_s, s * num_train_timesteps).astype(jnp.float32)
-    if prediction_type not in ("velocity", "sample"):
-        raise unknown_name("flow prediction type", prediction_type, ("velocity", "sample"))
     target = x0 if prediction_type == "sample" else noise - x0
     loss = jnp.mean((prediction - target) ** 2)
     return loss, {"loss": loss, "mse": loss}

@@ -48,6 +48,16 @@ def cup_mixture(radius: float = 2.0, std: float = 0.25) -> GaussianMixture:
     return make_mixture(CUP_MODE_WEIGHTS, np.asarray(CUP_MODE_MEANS) * radius, std)
 
 
+def _responsibilities(mixture: GaussianMixture, diff: jnp.ndarray, var: jnp.ndarray):
+    """(B, K) posterior of each component given x, from diff = x - center_k (B, K, D) and the
+    components' isotropic variances var (B, K) at that noise level."""
+    dim = diff.shape[-1]
+    log_resp = (
+        jnp.log(mixture.weights)[None] - 0.5 * jnp.sum(diff**2, -1) / var - 0.5 * dim * jnp.log(var)
+    )
+    return jax.nn.softmax(log_resp, axis=-1)
+
+
 def oracle_epsilon(
     mixture: GaussianMixture, schedule: NoiseSchedule, x_t: jnp.ndarray, t: jnp.ndarray
 ) -> jnp.ndarray:
@@ -56,11 +66,7 @@ def oracle_epsilon(
     centers = jnp.sqrt(abar) * mixture.means[None]  # (B, K, D)
     var = abar[..., 0] * mixture.stds[None] ** 2 + 1.0 - abar[..., 0]  # (B, K)
     diff = x_t[:, None, :] - centers
-    dim = x_t.shape[-1]
-    log_resp = (
-        jnp.log(mixture.weights)[None] - 0.5 * jnp.sum(diff**2, -1) / var - 0.5 * dim * jnp.log(var)
-    )
-    resp = jax.nn.softmax(log_resp, axis=-1)  # (B, K)
+    resp = _responsibilities(mixture, diff, var)
     score = -jnp.sum(resp[..., None] * diff / var[..., None], axis=1)  # (B, D)
     return -jnp.sqrt(1.0 - abar[:, 0]) * score
 
@@ -90,11 +96,7 @@ def oracle_velocity(mixture: GaussianMixture, x_s: jnp.ndarray, s: jnp.ndarray) 
     centers = a * mixture.means[None]  # (B, K, D)
     var = a[..., 0] ** 2 * mixture.stds[None] ** 2 + sig**2  # (B, K)
     diff = x_s[:, None, :] - centers
-    dim = x_s.shape[-1]
-    log_resp = (
-        jnp.log(mixture.weights)[None] - 0.5 * jnp.sum(diff**2, -1) / var - 0.5 * dim * jnp.log(var)
-    )
-    resp = jax.nn.softmax(log_resp, axis=-1)  # (B, K)
+    resp = _responsibilities(mixture, diff, var)
     gain = (a[..., 0] * mixture.stds[None] ** 2 / var)[..., None]  # (B, K, 1)
     x0_k = mixture.means[None] + gain * diff  # E[x0 | x_s, k]
     x0 = jnp.sum(resp[..., None] * x0_k, axis=1)

@@ -173,7 +173,6 @@ def num_denoiser_evaluations(method: str, num_inference_steps: int, T: int = 100
     return len(get_sampler(method).timesteps(T, num_inference_steps, "trailing"))
 
 
-PROCESSES: tuple[str, ...] = ("vp", "flow")
 MAX_FLOW_STEPS = 10_000
 
 
@@ -186,32 +185,29 @@ def validate_options(options: SamplerOptions, num_train_timesteps: int) -> None:
     """Raises ConfigError/UnknownNameError for options that cannot work; checks the timesteps."""
     method = get_sampler(options.method)
     n = options.num_inference_steps
-    if method.process == "flow":  # continuous time: any step count, no timestep grid
-        if not isinstance(n, int | np.integer) or not 1 <= n <= MAX_FLOW_STEPS:
-            raise ConfigError(
-                f"num_inference_steps must be an int in [1, {MAX_FLOW_STEPS}], got {n!r}"
-            )
-        if options.clip_sample is not None and not options.clip_sample > 0:
-            raise ConfigError(f"clip_sample must be None or > 0, got {options.clip_sample}")
+    flow = method.process == "flow"  # continuous time: any step count, no timestep grid
+    most = MAX_FLOW_STEPS if flow else num_train_timesteps
+    if not isinstance(n, int | np.integer) or not 1 <= n <= most:
+        raise ConfigError(
+            f"num_inference_steps must be an int in [1, {most}]"
+            + ("" if flow else " (the training timesteps)")
+            + f", got {n!r}"
+        )
+    if options.clip_sample is not None and not options.clip_sample > 0:
+        raise ConfigError(f"clip_sample must be None or > 0, got {options.clip_sample}")
+    if flow:
         if options.prediction_type not in FLOW_PREDICTION_TYPES:
             raise unknown_name(
                 f"prediction type of a flow sampler ({options.method})",
                 options.prediction_type, FLOW_PREDICTION_TYPES,
             )  # fmt: skip
         return
-    if not isinstance(n, int | np.integer) or not 1 <= n <= num_train_timesteps:
-        raise ConfigError(
-            f"num_inference_steps must be an int in [1, {num_train_timesteps}] "
-            f"(the training timesteps), got {n!r}"
-        )
     if options.prediction_type not in PREDICTION_TYPES:
         raise unknown_name("prediction type", options.prediction_type, PREDICTION_TYPES)
     if options.timestep_spacing not in TIMESTEP_SPACINGS:
         raise unknown_name("timestep_spacing", options.timestep_spacing, TIMESTEP_SPACINGS)
     if options.variance_type not in VARIANCE_TYPES:
         raise unknown_name("variance_type", options.variance_type, VARIANCE_TYPES)
-    if options.clip_sample is not None and not options.clip_sample > 0:
-        raise ConfigError(f"clip_sample must be None or > 0, got {options.clip_sample}")
     if not 0.0 <= options.eta <= 1.0:
         raise ConfigError(f"eta must be in [0, 1], got {options.eta}")
     grid = method.step_grid or method.timesteps

@@ -88,16 +88,17 @@ def _denoise_fn(policy, params, cond):
     return lambda x_t, t: policy.network.apply(params, x_t, t, cond, method=PolicyNetwork.denoise)
 
 
-def _teacher_rollout(teacher, teacher_params, observation, key, options):
-    """(x_T, x_0, inputs (S, B, H, A), t (S,)) of the teacher's sampler, normalized actions."""
+def _teacher_sample(teacher, teacher_params, observation, key, options, sample_fn):
+    """`sample_fn` (samplers.sample_with_options or sample_trajectory) of the teacher on fresh
+    x_T, in normalized action space, with no gradient."""
     c = teacher.config
     cond = teacher._encode(teacher_params, observation, False)
     key_noise, key_sampler = jax.random.split(key)
     x_T = jax.random.normal(key_noise, (cond.shape[0], c.pred_horizon, c.action_dim))
-    x0, inputs, ts = samplers.sample_trajectory(
+    out = sample_fn(
         _denoise_fn(teacher, teacher_params, cond), x_T, teacher.schedule, options, key_sampler
     )
-    return x_T, jax.lax.stop_gradient(x0), jax.lax.stop_gradient(inputs), ts
+    return jax.tree.map(jax.lax.stop_gradient, out)
 
 
 def consistency_loss(student, teacher, options):
@@ -115,9 +116,10 @@ def consistency_loss(student, teacher, options):
 
     def loss(params, batch, key, teacher_params):
         key_teacher, key_pick, key_aug = jax.random.split(key, 3)
-        _, x0, inputs, ts = _teacher_rollout(
-            teacher, teacher_params, batch["observation"], key_teacher, options
-        )
+        x0, inputs, ts = _teacher_sample(
+            teacher, teacher_params, batch["observation"], key_teacher, options,
+            samplers.sample_trajectory,
+        )  # fmt: skip
         cond = student._encode(params, batch["observation"], True, key_aug)
         estimate = lambda x_t, t: clean_estimate(params, x_t, t, cond)
         return consistency_regression(estimate, x0, inputs, ts, key_pick)
@@ -144,17 +146,13 @@ def bc_loss(student, teacher, options):
 
     def loss(params, batch, key, teacher_params):
         key_teacher, key_aug = jax.random.split(key)
-        cond_t = teacher._encode(teacher_params, batch["observation"], False)
-        c = teacher.config
-        key_noise, key_sampler = jax.random.split(key_teacher)
-        x_T = jax.random.normal(key_noise, (cond_t.shape[0], c.pred_horizon, c.action_dim))
-        target = samplers.sample_with_options(
-            _denoise_fn(teacher, teacher_params, cond_t), x_T, teacher.schedule, options,
-            key_sampler,
+        target = _teacher_sample(
+            teacher, teacher_params, batch["observation"], key_teacher, options,
+            samplers.sample_with_options,
         )  # fmt: skip
         cond = student._encode(params, batch["observation"], True, key_aug)
         prediction = student.network.apply(params, cond, method=PolicyNetwork.regress)
-        loss = jnp.mean((prediction.astype(jnp.float32) - jax.lax.stop_gradient(target)) ** 2)
+        loss = jnp.mean((prediction.astype(jnp.float32) - target) ** 2)
         return loss, {"loss": loss, "mse": loss}
 
     return loss
@@ -207,18 +205,16 @@ def distill(
         init_params=teacher_params if method == "consistency" else None,
     )
     record = {
-        "teacher": {
-            "run_dir": str(Path(teacher_run).resolve()),
-            "step": teacher_meta["step"],
-            "method": method,
-            "sampler": options.method,
-            "num_inference_steps": options.num_inference_steps,
-            "denoiser_evaluations_per_chunk": samplers.num_denoiser_evaluations(
-                options.method, options.num_inference_steps, teacher.config.num_train_timesteps
-            ),
-        }
+        "teacher_run_dir": str(Path(teacher_run).resolve()),
+        "teacher_step": teacher_meta["step"],
+        "method": method,
+        "sampler": options.method,
+        "num_inference_steps": options.num_inference_steps,
+        "denoiser_evaluations_per_chunk": samplers.num_denoiser_evaluations(
+            options.method, options.num_inference_steps, teacher.config.num_train_timesteps
+        ),
     }
     return train(
         config, out, resume=resume, overwrite=overwrite, progress=progress,
-        objective=objective, extra_metadata={"distillation": record["teacher"]},
+        objective=objective, extra_metadata={"distillation": record},
     )  # fmt: skip
