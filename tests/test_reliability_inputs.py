@@ -164,9 +164,8 @@ def test_act_rejects_bad_step_counts_and_sampler(trained):
 def test_unknown_names_and_impossible_configs_raise(trained):
     policy, _, _ = trained
     cases = {
-        r"unknown sampler 'nope'; valid: ddim, ddpm, dpmsolver\+\+, euler, heun": dict(
-            sampler="nope"
-        ),
+        r"unknown sampler 'nope'; valid: ddim, ddpm, dpmsolver\+\+, euler, flow_euler, "
+        r"flow_midpoint, heun": dict(sampler="nope"),
         "unknown noise schedule 'nope'; valid: linear": dict(beta_schedule="nope"),
         "unknown denoiser 'nope'; valid: mlp": dict(denoiser="nope"),
         r"num_inference_steps must be an int in \[1, 100\].*got 0": dict(num_inference_steps=0),
@@ -463,6 +462,11 @@ def test_every_sampler_is_finite_on_extreme_inputs():
                         num_inference_steps=steps,
                         clip_sample=clip,
                         eta=1.0 if method == "ddim" else 0.0,  # ddim's stochastic branch too
+                        prediction_type=(
+                            "velocity"
+                            if samplers.get_sampler(method).process == "flow"
+                            else "epsilon"
+                        ),
                     )
                     for clip, _ in cases
                 ]
