@@ -70,9 +70,10 @@ def test_rollout_loop_reproduces_expert_success():
         from dpjax.config import PolicyConfig
 
         config = PolicyConfig(kind="bc", obs_horizon=1, pred_horizon=100, action_horizon=100)
+        plan_length = 100
 
-        def inference_fn(self, **options):
-            return lambda params, observation, key: table
+        def plan_fn(self, **options):
+            return lambda params, observation, key, guide: table
 
     rollouts = evaluate.rollout_multimodal(Replay(), None, num_episodes=16, seed=0)
     expert_success = np.array([e["episode_metadata"]["success"] for e in episodes])
@@ -99,9 +100,10 @@ def test_goal_conditioned_rollouts_score_the_commanded_side():
 
         config = PolicyConfig(kind="bc", obs_horizon=1, pred_horizon=100, action_horizon=100,
                               low_dim_keys=("state", "goal"))  # fmt: skip
+        plan_length = 100
 
-        def inference_fn(self, **options):
-            def act(params, observation, key):
+        def plan_fn(self, **options):
+            def act(params, observation, key, guide):
                 seen.append(sorted(observation))
                 return table
 

@@ -48,7 +48,7 @@ class ExpertController:
 
 
 class ConstantPolicy:
-    """Ignores its observations: the same action chunk every time (through `inference_fn`, the
+    """Ignores its observations: the same action chunk every time (through `plan_fn`, the
     path learned policies take)."""
 
     def __init__(self, action):
@@ -57,12 +57,12 @@ class ConstantPolicy:
             kind="bc", action_dim=len(self.action), obs_horizon=2, pred_horizon=16, action_horizon=8
         )
 
-    def inference_fn(self, **options):
-        def chunk(params, observation, key):
+    plan_length = 15  # pred_horizon - obs_horizon + 1
+
+    def plan_fn(self, **options):
+        def chunk(params, observation, key, guide):
             batch = next(iter(observation.values())).shape[0]
-            return np.broadcast_to(
-                self.action, (batch, self.config.action_horizon, len(self.action))
-            )
+            return np.broadcast_to(self.action, (batch, self.plan_length, len(self.action)))
 
         return chunk
 

@@ -4,6 +4,11 @@ Closed-loop rollouts of a trained policy on the task its dataset was collected o
 seeds, held apart from the demonstration seeds), with any sampler and step count chosen now,
 without retraining. Writes eval_<sampler>_<steps>.json / .md (and .png for the multimodal
 task) into DIR (default RUN_DIR/eval).
+
+Chunk execution (`dpjax.policy.execution`): --execution chunked (default) |
+temporal_ensemble (ACT) | rtc (real-time chunking), with --delay D simulating an inference
+that takes D control steps (the previous chunk keeps executing meanwhile), e.g.
+`dpjax eval RUN --action-horizon 4 --execution rtc --delay 3`.
 """
 
 from __future__ import annotations
@@ -46,6 +51,20 @@ def register(subparsers) -> None:
         help="execute this many actions of each predicted chunk (default: the policy's; "
         "1 replans every step)",
     )
+    parser.add_argument(
+        "--execution",
+        default="chunked",
+        help="how chunks become actions: chunked | temporal_ensemble | rtc (default chunked)",
+    )
+    parser.add_argument(
+        "--delay", type=int, default=0, help="simulated inference delay in control steps"
+    )
+    parser.add_argument(
+        "--ensemble-decay", type=float, default=0.01, help="temporal_ensemble: ACT's m"
+    )
+    parser.add_argument(
+        "--max-guidance", type=float, default=5.0, help="rtc: the guidance weight clip (beta)"
+    )
     parser.add_argument("--task", help="task name (default: the dataset's)")
     parser.add_argument("--out", help="output directory (default: RUN_DIR/eval)")
     parser.set_defaults(func=run)
@@ -54,7 +73,14 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from dpjax import evaluate
     from dpjax.evaluate import best_rollout_step, evaluate_run, markdown
+    from dpjax.policy.execution import Execution
 
+    execution = Execution(
+        mode=args.execution,
+        delay=args.delay,
+        ensemble_decay=args.ensemble_decay,
+        max_guidance=args.max_guidance,
+    )
     metrics, rollouts, task_name = evaluate_run(
         args.run_dir,
         episodes=args.episodes,
@@ -65,6 +91,7 @@ def run(args) -> int:
         step=best_rollout_step(args.run_dir) if args.best_rollout else args.step,
         task=args.task,
         action_horizon=args.action_horizon,
+        execution=execution,
     )
     out = Path(args.out or Path(args.run_dir) / "eval")
     out.mkdir(parents=True, exist_ok=True)
@@ -73,6 +100,8 @@ def run(args) -> int:
     stem = f"eval_{metrics['sampler'] or 'bc'}_{metrics['num_inference_steps'] or 1}"
     if args.action_horizon is not None:
         stem += f"_ah{args.action_horizon}"
+    if execution != Execution():
+        stem += f"_{execution.mode}_d{execution.delay}"
     (out / f"{stem}.json").write_text(json.dumps(metrics, indent=1))
     (out / f"{stem}.md").write_text(markdown(metrics))
     print(markdown(metrics))

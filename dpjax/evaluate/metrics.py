@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -36,25 +37,39 @@ def mean_squared_jerk(actions: np.ndarray, lengths: np.ndarray) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def chunk_boundary_jumps(actions: np.ndarray, lengths: np.ndarray, action_horizon: int):
-    """(mean |a_t - a_{t-1}| where t starts a new chunk, mean |a_t - a_{t-1}| inside chunks)."""
+def chunk_boundary_jumps(
+    actions: np.ndarray, lengths: np.ndarray, action_horizon: int, first_switch: int | None = None
+):
+    """(mean |a_t - a_{t-1}| where t starts a new chunk, mean |a_t - a_{t-1}| inside chunks).
+    New chunks take over at first_switch, first_switch + action_horizon, ... (default
+    first_switch = action_horizon; with an inference delay d, action_horizon + d)."""
+    first = action_horizon if first_switch is None else first_switch
     boundary, inside = [], []
     for a, n in zip(actions, lengths, strict=True):
         steps = np.linalg.norm(np.diff(a[:n], axis=0), axis=-1)  # step t -> t+1 at index t
         for t in range(1, n):
-            (boundary if t % action_horizon == 0 else inside).append(steps[t - 1])
+            switch = t >= first and (t - first) % action_horizon == 0
+            (boundary if switch else inside).append(steps[t - 1])
     mean = lambda x: float(np.mean(x)) if x else float("nan")
     return mean(boundary), mean(inside)
 
 
 def measure_chunk_latency(
-    policy, params, repeats: int = 20, batch_size: int = 1, **options
+    policy, params, repeats: int = 20, batch_size: int = 1, guided: bool = False, **options
 ) -> dict[str, float]:
     """Median and p95 wall time of one observation -> action chunk call (batch_size
-    observations at once; the default 1 is a robot's control loop)."""
-    fn = policy.inference_fn(**options)
+    observations at once; the default 1 is a robot's control loop). `guided`: the planner
+    with real-time chunking's inpainting guidance (a vector-Jacobian product per step)."""
     observation = policy.example_observation(batch_size)
     key = jax.random.key(0)
+    fn = policy.inference_fn(**options)
+    if guided:
+        plan = policy.plan_fn(**options)
+        guide = (
+            jnp.zeros((batch_size, policy.plan_length, policy.config.action_dim)),
+            jnp.ones((policy.plan_length,)),
+        )
+        fn = lambda params, observation, key: plan(params, observation, key, guide)
     jax.block_until_ready(fn(params, observation, key))  # compile
     times = []
     for i in range(repeats):
@@ -70,7 +85,10 @@ def measure_chunk_latency(
 
 
 def summarize_multimodal(
-    rollouts: dict[str, np.ndarray], action_horizon: int, expert_mode_frequencies=None
+    rollouts: dict[str, np.ndarray],
+    action_horizon: int,
+    expert_mode_frequencies=None,
+    first_switch: int | None = None,
 ) -> dict[str, Any]:
     """Success, collisions, modes, smoothness of multimodal rollouts. `expert_mode_frequencies`
     ({mode: fraction}) is what the policy's modes are compared with: measure it from the
@@ -86,7 +104,9 @@ def summarize_multimodal(
     success_modes = modes[np.asarray(rollouts["success"], bool)]
     expert = dict(expert_mode_frequencies or zip(MODES, MODE_PROBS, strict=True))
     policy_modes = mode_frequencies(modes)
-    boundary, inside = chunk_boundary_jumps(rollouts["actions"], rollouts["length"], action_horizon)
+    boundary, inside = chunk_boundary_jumps(
+        rollouts["actions"], rollouts["length"], action_horizon, first_switch
+    )
     goals = np.asarray(rollouts.get("goal", np.full(n, -1)))
     commanded = goals >= 0
     goal_side = (
@@ -137,7 +157,9 @@ def max_reward(max_coverage, success_coverage: float = 0.95) -> np.ndarray:
     return np.clip(coverage / success_coverage, 0.0, 1.0)
 
 
-def summarize_gym(rollouts: dict[str, Any], action_horizon: int) -> dict[str, Any]:
+def summarize_gym(
+    rollouts: dict[str, Any], action_horizon: int, first_switch: int | None = None
+) -> dict[str, Any]:
     """Success (95% CI), smoothness, lengths and, where the env reports coverage (PushT),
     mean max / final coverage and `mean_max_reward`. "per_episode" keeps each episode's
     seed, success, length (and coverage and max reward), so results can be re-aggregated."""
@@ -149,7 +171,7 @@ def summarize_gym(rollouts: dict[str, Any], action_horizon: int) -> dict[str, An
     for i, a in enumerate(rollouts["actions"]):
         padded[i, : len(a)] = a
     lengths = np.asarray(rollouts["length"])
-    boundary, inside = chunk_boundary_jumps(padded, lengths, action_horizon)
+    boundary, inside = chunk_boundary_jumps(padded, lengths, action_horizon, first_switch)
     metrics = {
         "episodes": n,
         "success_rate": successes / n,

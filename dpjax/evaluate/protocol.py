@@ -38,9 +38,11 @@ def evaluate_run(
     task=None,
     progress=True,
     action_horizon=None,
+    execution=None,
 ):
     """(metrics, rollouts, task name) for a run directory's last (`best`: best-validation;
-    `step`: that) checkpoint; `episodes` None: the task's default (`default_episodes`)."""
+    `step`: that) checkpoint; `episodes` None: the task's default (`default_episodes`);
+    `execution` (an `Execution`): how chunks become actions (default chunked, no delay)."""
     policy, params, metadata = load_policy(run_dir, best=best, step=step)
     if action_horizon is not None:
         policy = with_action_horizon(policy, action_horizon)
@@ -59,7 +61,7 @@ def evaluate_run(
         expert = demonstration_mode_frequencies(dataset)
     metrics, rollouts = evaluate_on_task(
         policy, params, task_name, task_options, num_episodes=episodes, seed=seed,
-        frames=6, progress=progress, expert_mode_frequencies=expert,
+        frames=6, progress=progress, expert_mode_frequencies=expert, execution=execution,
         sampler=sampler, num_inference_steps=steps,
     )  # fmt: skip
     c = policy.config

@@ -17,16 +17,19 @@ import numpy as np
 
 from dpjax.errors import ConfigError
 from dpjax.evaluate.metrics import measure_chunk_latency, summarize_gym, summarize_multimodal
+from dpjax.policy import execution as execution_lib
+from dpjax.policy.execution import Execution
 
 
 @functools.lru_cache(maxsize=8)
-def _multimodal_program(chunk_fn, c, config):
+def _multimodal_program(plan_fn, c, config, execution: Execution):
     """The jitted `run(params, seeds (N,) uint32, key)` of `rollout_multimodal`, built once per
-    (compiled chunk function, policy config, task config): periodic rollouts during training
-    and evaluations at several sampler settings reuse its compilation."""
+    (compiled planner, policy config, task config, execution): periodic rollouts during
+    training and evaluations at several sampler settings reuse its compilation."""
     from dpjax.envs import multimodal as mm
 
     horizon = c.action_horizon
+    plan_length = c.pred_horizon - c.obs_horizon + 1
     observe = jax.vmap(lambda s: {k: v for k, v in mm.observation(s, config).items()
                                   if k in c.low_dim_keys})  # fmt: skip
 
@@ -37,26 +40,34 @@ def _multimodal_program(chunk_fn, c, config):
         history = jax.tree.map(
             lambda x: jnp.repeat(x[:, None], c.obs_horizon, axis=1), observe(states)
         )
-        queue = jnp.zeros((seeds.shape[0], horizon, c.action_dim))
+        plans = execution_lib.empty_state(seeds.shape[0], plan_length, c.action_dim, horizon)
 
         def body(carry, t):
-            states, history, queue = carry
+            states, history, plans = carry
             history = jax.tree.map(
                 lambda h, x: jnp.concatenate([h[:, 1:], x[:, None]], axis=1),
                 history, observe(states),
             )  # fmt: skip
-            index = t % horizon
-            queue = jax.lax.cond(
-                index == 0,
-                lambda: chunk_fn(params, history, jax.random.fold_in(key, t)),
-                lambda: queue,
+            plans = jax.lax.cond(
+                t % horizon == 0,
+                lambda: _replan(
+                    plan_fn,
+                    params,
+                    history,
+                    jax.random.fold_in(key, t),
+                    plans,
+                    t,
+                    execution,
+                    horizon,
+                ),  # fmt: skip
+                lambda: plans,
             )
-            action = queue[:, index]
+            action = execution_lib.action(plans, t, execution)
             states, *_ = jax.vmap(lambda s, a: mm.step(s, a, config))(states, action)
-            return (states, history, queue), (action, states.agent)
+            return (states, history, plans), (action, states.agent)
 
         (final, _, _), (actions, positions) = jax.lax.scan(
-            body, (states, history, queue), jnp.arange(config.max_episode_steps)
+            body, (states, history, plans), jnp.arange(config.max_episode_steps)
         )
         return {
             "positions": jnp.concatenate([states.agent[:, None], positions.swapaxes(0, 1)], 1),
@@ -72,12 +83,44 @@ def _multimodal_program(chunk_fn, c, config):
     return run
 
 
+def _replan(plan_fn, params, observation, key, plans, t, execution: Execution, horizon: int):
+    """The execution state after planning at step t (guided towards the committed actions
+    under "rtc")."""
+    guide = execution_lib.guide(plans, t, execution, horizon) if execution.mode == "rtc" else None
+    return execution_lib.add_chunk(plans, plan_fn(params, observation, key, guide), t)
+
+
+def _checked_execution(policy, execution: Execution | None, plan_length=None) -> Execution:
+    execution = execution or Execution()
+    execution.validate(
+        plan_length=plan_length or policy.plan_length,
+        action_horizon=policy.config.action_horizon,
+        kind=policy.config.kind,
+    )
+    return execution
+
+
+def _first_switch(policy, execution: Execution | None) -> int:
+    """The first step at which a new chunk takes over: action_horizon + delay."""
+    return policy.config.action_horizon + (execution.delay if execution else 0)
+
+
+def _execution_record(execution: Execution) -> dict[str, Any]:
+    record = {"execution": execution.mode, "delay": execution.delay}
+    if execution.mode == "temporal_ensemble":
+        record["ensemble_decay"] = execution.ensemble_decay
+    if execution.mode == "rtc":
+        record["max_guidance"] = execution.max_guidance
+    return record
+
+
 def rollout_multimodal(
-    policy, params, *, num_episodes: int, seed: int, env_config=None, **options
+    policy, params, *, num_episodes: int, seed: int, env_config=None, execution=None, **options
 ) -> dict[str, np.ndarray]:
     """All episodes and the policy in one compiled program. Episode i starts as the expert's
     episode with seed `seed + i` does. `env_config` (a MultimodalConfig) changes the task,
-    e.g. held-out start regions or goal conditioning. Returns numpy arrays: positions
+    e.g. held-out start regions or goal conditioning; `execution` (an `Execution`; default
+    chunked, no delay) how chunks become actions. Returns numpy arrays: positions
     (N, T+1, 2), actions (N, T, 2), cup (N, 2), success, collision (N,) bool, mode (N,),
     goal (N,) (-1: any side), length (N,)."""
     from dpjax.envs import multimodal as mm
@@ -90,7 +133,9 @@ def rollout_multimodal(
             f"the policy observes {[*c.low_dim_keys, *c.image_keys]}, but this multimodal task "
             f"gives {list(available)} (goal only with the goal_conditioned task option)"
         )
-    run = _multimodal_program(policy.inference_fn(**options), c, config)
+    execution = _checked_execution(policy, execution)
+    plan_fn = policy.plan_fn(max_guidance=execution.max_guidance, **options)
+    run = _multimodal_program(plan_fn, c, config, execution)
     seeds = jnp.arange(seed, seed + num_episodes, dtype=jnp.uint32)
     return jax.device_get(run(params, seeds, jax.random.key(seed)))
 
@@ -104,6 +149,7 @@ def evaluate_multimodal(
     latency: bool = True,
     env_config=None,
     expert_mode_frequencies=None,
+    execution=None,
     **options,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(metrics, rollouts) of `policy` on the multimodal task; sampler options pass through.
@@ -112,17 +158,26 @@ def evaluate_multimodal(
     `env_config`'s mode probabilities)."""
     from dpjax.envs.multimodal import DEFAULT_CONFIG, MODES
 
+    execution = _checked_execution(policy, execution)
     rollouts = rollout_multimodal(
-        policy, params, num_episodes=num_episodes, seed=seed, env_config=env_config, **options
-    )
+        policy, params, num_episodes=num_episodes, seed=seed, env_config=env_config,
+        execution=execution, **options,
+    )  # fmt: skip
     probs = np.asarray((env_config or DEFAULT_CONFIG).mode_probs, np.float64)
     expert = expert_mode_frequencies or dict(zip(MODES, probs / probs.sum(), strict=True))
-    metrics = summarize_multimodal(rollouts, policy.config.action_horizon, expert)
+    metrics = summarize_multimodal(
+        rollouts,
+        policy.config.action_horizon,
+        expert,
+        first_switch=_first_switch(policy, execution),
+    )
+    metrics.update(_execution_record(execution))
     metrics["denoiser_evaluations"] = policy.num_denoiser_evaluations(
         options.get("sampler"), options.get("num_inference_steps")
     )
     if latency:
-        metrics.update(measure_chunk_latency(policy, params, **options))
+        guided = execution.mode == "rtc"
+        metrics.update(measure_chunk_latency(policy, params, guided=guided, **options))
     return metrics, rollouts
 
 
@@ -150,6 +205,7 @@ def rollout_gym(
     progress=None,
     act_fn=None,
     frames: int = 0,
+    execution=None,
     **options,
 ) -> dict[str, Any]:
     """Episodes on seeds seed..seed+N-1, `num_envs` environments stepped in lockstep so the
@@ -165,10 +221,16 @@ def rollout_gym(
     unused.
 
     `frames` > 0 (envs with `render()`): "frames" holds (step, image) pairs of the first
-    episode, about that many evenly spaced plus its last step, for a picture strip."""
+    episode, about that many evenly spaced plus its last step, for a picture strip.
+
+    `execution` (an `Execution`; default chunked, no delay): how the planned chunks become
+    actions (`dpjax.policy.execution`); an `act_fn` plans what it returns."""
     c = policy.config
     keys = [*c.low_dim_keys, *c.image_keys]
-    chunk_fn = policy.inference_fn(**options) if act_fn is None else None
+    execution = execution or Execution()
+    if act_fn is None:
+        execution = _checked_execution(policy, execution)
+        plan_fn = policy.plan_fn(max_guidance=execution.max_guidance, **options)
     out: dict[str, list] = {"seed": [], "success": [], "length": [], "actions": [],
                             "max_coverage": [], "final_coverage": []}  # fmt: skip
     key = jax.random.key(seed)
@@ -189,7 +251,7 @@ def rollout_gym(
             length = np.zeros(len(envs), int)
             coverage = [[] for _ in envs]
             actions = [[] for _ in envs]
-            queue = None
+            plans = None
             for t in range(task.max_episode_steps):
                 if t % c.action_horizon == 0:
                     # Per batch, then per step: with `start + t` alone, the batch starting d
@@ -197,14 +259,31 @@ def rollout_gym(
                     chunk_key = jax.random.fold_in(jax.random.fold_in(key, start), t)
                     if act_fn is None:
                         batch = {k: jnp.asarray(v) for k, v in history.items()}
-                        queue = np.asarray(chunk_fn(params, batch, chunk_key))
+                        if plans is None:
+                            plans = execution_lib.empty_state(
+                                len(envs), policy.plan_length, c.action_dim, c.action_horizon
+                            )
+                        plans = _replan(plan_fn, params, batch, chunk_key, plans, t, execution,
+                                        c.action_horizon)  # fmt: skip
                     else:
                         batch = {k: v.copy() for k, v in history.items()}
-                        queue = np.asarray(act_fn(batch, chunk_key, envs=envs, seeds=seeds))
+                        chunk = jnp.asarray(act_fn(batch, chunk_key, envs=envs, seeds=seeds))
+                        if plans is None:
+                            _checked_execution(policy, execution, chunk.shape[1])
+                            plans = execution_lib.empty_state(
+                                len(envs), chunk.shape[1], chunk.shape[2], c.action_horizon
+                            )
+                        plans = execution_lib.add_chunk(plans, chunk, t)
+                    executed = np.asarray(
+                        [
+                            execution_lib.action(plans, u, execution)
+                            for u in range(t, t + c.action_horizon)
+                        ]  # fmt: skip
+                    )  # (action_horizon, B, A): the steps until the next plan
                 for i, env in enumerate(envs):
                     if done[i]:
                         continue
-                    action = queue[i, t % c.action_horizon]
+                    action = executed[t % c.action_horizon, i]
                     obs, _, terminated, truncated, info = env.step(action)
                     actions[i].append(action)
                     length[i] += 1
@@ -244,6 +323,7 @@ def evaluate_on_task(
     frames: int = 0,
     progress: bool = False,
     expert_mode_frequencies=None,
+    execution=None,
     **options,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(metrics, rollouts) of `policy` on task `task_name` (as `dpjax collect` names it, with
@@ -257,7 +337,7 @@ def evaluate_on_task(
         metrics, rollouts = evaluate_multimodal(
             policy, params, num_episodes=num_episodes, seed=seed, latency=latency,
             env_config=config_from_options(**task_options),
-            expert_mode_frequencies=expert_mode_frequencies, **options,
+            expert_mode_frequencies=expert_mode_frequencies, execution=execution, **options,
         )  # fmt: skip
     else:
         from tqdm import tqdm
@@ -270,13 +350,18 @@ def evaluate_on_task(
                   disable=not progress, dynamic_ncols=True) as bar:  # fmt: skip
             rollouts = rollout_gym(
                 task, policy, params, num_episodes=num_episodes, seed=seed, num_envs=num_envs,
-                progress=lambda: bar.update(num_envs), frames=frames, **options,
+                progress=lambda: bar.update(num_envs), frames=frames, execution=execution,
+                **options,
             )  # fmt: skip
-        metrics = summarize_gym(rollouts, policy.config.action_horizon)
+        metrics = summarize_gym(
+            rollouts, policy.config.action_horizon, first_switch=_first_switch(policy, execution)
+        )
+        metrics.update(_execution_record(execution or Execution()))
         metrics["denoiser_evaluations"] = policy.num_denoiser_evaluations(
             options.get("sampler"), options.get("num_inference_steps")
         )
         if latency:
-            metrics.update(measure_chunk_latency(policy, params, **options))
+            guided = execution is not None and execution.mode == "rtc"
+            metrics.update(measure_chunk_latency(policy, params, guided=guided, **options))
     metrics["score"] = metrics.get("mean_max_reward", metrics["success_rate"])
     return metrics, rollouts

@@ -241,6 +241,15 @@ class Policy:
         start = self.config.obs_horizon - 1
         return chunk[:, start : start + self.config.action_horizon]
 
+    @property
+    def plan_length(self) -> int:
+        """L: the actions a chunk plans from the current step on (pred_horizon - obs_horizon
+        + 1); `plan_fn` returns them all, `inference_fn` the first action_horizon."""
+        return self.config.pred_horizon - self.config.obs_horizon + 1
+
+    def _planned(self, chunk: jnp.ndarray) -> jnp.ndarray:
+        return chunk[:, self.config.obs_horizon - 1 :]
+
     def validation_loss(self, params, batch: Mapping[str, Any], key: jax.Array):
         """The loss runs report as val_loss: the training loss unless a subclass says so."""
         return self.loss(params, batch, key)
@@ -290,8 +299,15 @@ class DiffusionPolicy(Policy):
     def validation_loss(self, params, batch: Mapping[str, Any], key: jax.Array):
         return self.loss(params, batch, key, standard=True)
 
-    def predict_action_chunk(self, params, observation, key, options: samplers.SamplerOptions):
-        """(B, pred_horizon, A) unnormalized actions: encoder once, then one scan."""
+    def predict_action_chunk(
+        self, params, observation, key, options: samplers.SamplerOptions, guide=None,
+        max_guidance: float = 5.0,
+    ):  # fmt: skip
+        """(B, pred_horizon, A) unnormalized actions: encoder once, then one scan.
+
+        `guide` (target (B, L, A) unnormalized actions from the current step on, weights
+        (L,)): sample with `samplers.inpainting_guidance` towards the target (real-time
+        chunking; see `dpjax.policy.execution`)."""
         c = self.config
         cond = self._encode(params, observation, False)
         batch = cond.shape[0]
@@ -300,6 +316,15 @@ class DiffusionPolicy(Policy):
         denoise = lambda x_t, t: self.network.apply(
             params, x_t, t, cond, method=PolicyNetwork.denoise
         )
+        if guide is not None:
+            target, weights = guide
+            past = c.obs_horizon - 1  # the chunk's first entries are past steps: unguided
+            target = jnp.pad(self.normalizer.normalize("action", target),
+                             ((0, 0), (past, 0), (0, 0)))  # fmt: skip
+            weights = jnp.pad(jnp.asarray(weights, x_T.dtype), (past, 0))[None, :, None]
+            denoise = samplers.inpainting_guidance(
+                denoise, self.schedule, options, target, weights, max_guidance
+            )
         x0 = samplers.sample_with_options(denoise, x_T, self.schedule, options, key_sampler)
         return self.normalizer.unnormalize("action", x0)
 
@@ -318,6 +343,24 @@ class DiffusionPolicy(Policy):
             method=sampler, num_inference_steps=num_inference_steps, **overrides
         )
         return self._compiled(options)
+
+    @functools.cache  # noqa: B019 - one compiled planner per option set
+    def _compiled_plan(self, options: samplers.SamplerOptions, max_guidance: float):
+        samplers.validate_options(options, self.config.num_train_timesteps)
+        return jax.jit(
+            lambda params, obs, key, guide: self._planned(
+                self.predict_action_chunk(params, obs, key, options, guide, max_guidance)
+            )
+        )
+
+    def plan_fn(self, *, sampler=None, num_inference_steps=None, max_guidance=5.0, **overrides):
+        """Jitted `(params, observation, key, guide) -> (B, L, A)`: the whole planned chunk
+        from the current step on (see `plan_length`); `guide` None or (target (B, L, A),
+        weights (L,)) for guided inpainting (`predict_action_chunk`)."""
+        options = self.config.sampler_options(
+            method=sampler, num_inference_steps=num_inference_steps, **overrides
+        )
+        return self._compiled_plan(options, float(max_guidance))
 
     def num_denoiser_evaluations(self, sampler=None, num_inference_steps=None) -> int:
         o = self.config.sampler_options(method=sampler, num_inference_steps=num_inference_steps)
@@ -348,6 +391,19 @@ class BCPolicy(Policy):
     def inference_fn(self, **ignored):
         """Jitted `(params, observation, key) -> (B, action_horizon, A)`; one forward pass."""
         return self._compiled
+
+    @functools.cached_property
+    def _compiled_plan(self):
+        def plan(params, obs, key, guide):
+            if guide is not None:
+                raise ConfigError("a BC policy has no denoiser to guide (guided inpainting)")
+            return self._planned(self.predict_action_chunk(params, obs))
+
+        return jax.jit(plan)
+
+    def plan_fn(self, **ignored):
+        """Jitted `(params, observation, key, guide=None) -> (B, L, A)`; one forward pass."""
+        return self._compiled_plan
 
     def num_denoiser_evaluations(self, *args, **kwargs) -> int:
         return 1
