@@ -98,6 +98,25 @@ class Progress:
         print(f"[{self.elapsed:7.1f} s] {message}", flush=True)
 
 
+class CellCache:
+    """Finished cells of a study in a JSON file: `get(key, compute)` returns the stored
+    value or computes, stores (at once, so a killed study loses at most one cell) and
+    returns it; a rerun skips what is done."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.cells = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def get(self, key: str, compute):
+        if key not in self.cells:
+            self.cells[key] = _jsonable(compute())
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.cells))
+            tmp.replace(self.path)
+        return self.cells[key]
+
+
 def provenance(
     *, script, argv, size: str, wall_seconds: float, budget_cuts: Sequence[str], extra=()
 ) -> dict[str, Any]:

@@ -12,6 +12,21 @@ trains a policy on a 1000-timestep schedule and adds 1000 steps. The seed's tabl
     python experiments/steps_vs_latency.py --run dpjax_demo/diffusion   # reuse a trained run
 
 Writes experiments/results/steps_vs_latency{_quick}.md / .json / .png.
+
+The extended study (`--runs`) compares methods, not only samplers: any trained runs, of any
+task (the cup, PushT keypoints), each evaluated with what its training makes available:
+
+- a diffusion policy: DDPM, DDIM and DPM-Solver++ at each of `--steps`;
+- a flow matching policy: flow Euler at each of `--steps`;
+- a consistency student (`dpjax distill --method consistency`): 1, 2 and 3 steps;
+- a BC policy or BC student: its one forward pass.
+
+Each cell reports the task's score (PushT: mean max reward; cup: success), success with its
+95% interval, smoothness, and the latency of one observation -> chunk call at batch 1 and at
+batch 64 (median after compilation). Cells are cached in WORK/cells.json, so a rerun skips
+the finished ones. Writes experiments/results/steps_vs_latency_methods.md / .json / .png:
+
+    python experiments/steps_vs_latency.py --runs runs/flow/cup_diffusion runs/flow/cup_cd ...
 """
 
 from __future__ import annotations
@@ -48,6 +63,12 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the small size (minutes on a CPU)")
     parser.add_argument("--run", help="evaluate this trained diffusion run instead of training")
+    parser.add_argument(
+        "--runs", nargs="+", help="the extended study: compare the methods of these trained runs"
+    )
+    parser.add_argument(
+        "--steps", default="1,2,5,10,20,100", help="--runs: step counts of the multi-step methods"
+    )
     parser.add_argument("--work", default="runs/steps_vs_latency", help="data and runs go here")
     parser.add_argument("--eval-episodes", type=int, help="override the size's episode count")
     parser.add_argument("--seed", type=int, default=0)
@@ -171,9 +192,157 @@ def plot(rows: list[dict], path: Path) -> Path:
     return common.save_figure(fig, path)
 
 
+# --------------------------------------------------------------------------- --runs: methods
+DIFFUSION_SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
+CONSISTENCY_STEPS = (1, 2, 3)
+BATCH_LATENCY = 64
+
+
+def method_of(config, metadata) -> str:
+    """What a run is: "consistency" / "bc student" (distilled), "bc", "flow", "diffusion"."""
+    distilled = (metadata.get("distillation") or {}).get("method")
+    if distilled:
+        return "consistency" if distilled == "consistency" else "bc student"
+    if config.policy.kind == "bc":
+        return "bc"
+    return "flow" if config.policy.objective == "flow_matching" else "diffusion"
+
+
+def method_cells(method: str, steps) -> list[tuple[str, str | None, int | None]]:
+    """(curve label, sampler, steps) of each evaluation a run of this method gets."""
+    if method == "diffusion":
+        return [(f"{s} (diffusion)", s, n) for s in DIFFUSION_SAMPLERS for n in steps]
+    if method == "flow":
+        return [("flow_euler (flow matching)", "flow_euler", n) for n in steps]
+    if method == "consistency":
+        return [("consistency student", "ddim", n) for n in CONSISTENCY_STEPS]
+    return [(method, None, None)]
+
+
+def evaluate_cell(run_dir, sampler, steps, episodes, progress) -> dict:
+    from dpjax.evaluate import evaluate_run, measure_chunk_latency
+    from dpjax.policy import load_policy
+
+    metrics, _, task = evaluate_run(
+        run_dir, episodes=episodes, sampler=sampler, steps=steps, progress=progress
+    )
+    policy, params, _ = load_policy(run_dir)
+    wide = measure_chunk_latency(
+        policy, params, repeats=5, batch_size=BATCH_LATENCY, sampler=sampler,
+        num_inference_steps=steps,
+    )  # fmt: skip
+    keep = ("score", "success_rate", "success_ci95", "mean_squared_jerk", "chunk_jump",
+            "chunk_latency_ms", "chunk_latency_p95_ms", "denoiser_evaluations",
+            "mode_frequencies", "mean_max_reward")  # fmt: skip
+    row = {k: metrics[k] for k in keep if k in metrics}
+    row.update(task=task, episodes=metrics["episodes"],
+               batch_latency_ms=wide["chunk_latency_ms"])  # fmt: skip
+    return row
+
+
+def describe_any_run(run_dir: Path, method: str) -> str:
+    from dpjax.policy import load_run_config
+
+    c = load_run_config(run_dir)
+    p = c.policy
+    net = p.denoiser if p.kind == "diffusion" else f"MLP head {tuple(p.hidden_dims)}"
+    what = {"diffusion": f"diffusion ({p.prediction_type}, T={p.num_train_timesteps})",
+            "flow": f"flow matching ({p.prediction_type}, {p.timestep_sampling} times)"}.get(
+                method, method)  # fmt: skip
+    return f"`{run_dir}`: {what}, {net}; {c.num_steps} steps at batch {c.batch_size}"
+
+
+def methods_table(rows: list[dict]) -> str:
+    lines = [
+        "| task | curve | steps | evals | score | success (95% CI) | jerk | chunk jump "
+        f"| ms/chunk batch 1 | ms/chunk batch {BATCH_LATENCY} |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lo, hi = r["success_ci95"]
+        lines.append(
+            f"| {r['task']} | {r['curve']} | {r['steps'] or '-'} | {r['denoiser_evaluations']} | "
+            f"{r['score']:.3f} | {r['success_rate']:.0%} ({lo:.0%}-{hi:.0%}) | "
+            f"{r['mean_squared_jerk']:.2e} | {r['chunk_jump']:.3f} | "
+            f"{r['chunk_latency_ms']:.2f} | {r['batch_latency_ms']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def methods_plot(rows: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(11, 4.2 * len(tasks)), squeeze=False)
+    for row_axes, task in zip(axes, tasks, strict=True):
+        mine = [r for r in rows if r["task"] == task]
+        for ax, key, batch in zip(row_axes, ("chunk_latency_ms", "batch_latency_ms"),
+                                  (1, BATCH_LATENCY), strict=True):  # fmt: skip
+            for curve in dict.fromkeys(r["curve"] for r in mine):
+                pts = [r for r in mine if r["curve"] == curve]
+                x = [r[key] for r in pts]
+                y = [r["score"] for r in pts]
+                ax.plot(x, y, "o-" if len(pts) > 1 else "s", label=curve)
+                for r, xi, yi in zip(pts, x, y, strict=True):
+                    if r["steps"]:
+                        ax.annotate(str(r["steps"]), (xi, yi), fontsize=7, xytext=(3, 3),
+                                    textcoords="offset points")  # fmt: skip
+            ax.set_xscale("log")
+            ax.set_xlabel(f"latency per action chunk, batch {batch} (ms, log)")
+            metric = "mean max reward" if task == "pusht" else "success rate"
+            ax.set_ylabel(f"{task}: {metric}")
+            ax.set_title(f"{task}, batch {batch} (labels: denoiser steps)")
+            ax.legend(fontsize=7)
+    return common.save_figure(fig, path)
+
+
+def compare_methods(args, argv) -> int:
+    from dpjax.policy import load_policy, load_run_config
+
+    log = common.Progress()
+    steps = tuple(int(n) for n in args.steps.split(","))
+    cache = common.CellCache(Path(args.work) / "cells.json")
+    rows, described = [], []
+    for run in args.runs:
+        run_dir = Path(run)
+        _, _, metadata = load_policy(run_dir)
+        method = method_of(load_run_config(run_dir), metadata)
+        described.append(describe_any_run(run_dir, method))
+        for curve, sampler, n in method_cells(method, steps):
+            cell = cache.get(
+                f"{run_dir}|{sampler}|{n}|{args.eval_episodes}",
+                lambda: evaluate_cell(run_dir, sampler, n, args.eval_episodes, False),  # noqa: B023
+            )
+            row = {"run": str(run_dir), "curve": curve, "sampler": sampler, "steps": n, **cell}
+            rows.append(row)
+            log(f"{row['task']} {curve:>28} {n or '-':>4}: score {row['score']:.3f}, "
+                f"{row['chunk_latency_ms']:.1f} ms (batch 1), "
+                f"{row['batch_latency_ms']:.1f} ms (batch {BATCH_LATENCY})")  # fmt: skip
+    intro = (
+        "Quality against latency per method, each trained run evaluated in closed loop "
+        "(held-out seeds; PushT: Diffusion Policy's 50 episodes and mean max reward; cup: "
+        "success) with every sampler and step count its training allows. Latency: median "
+        "of one observation -> action-chunk call after compilation, at batch 1 (a robot's "
+        f"control loop) and batch {BATCH_LATENCY} (a server's batch).\n\n"
+        + "\n".join(f"- {d}" for d in described)
+    )
+    common.publish_study(
+        "steps_vs_latency_methods", quick=False, script=__file__, argv=argv,
+        wall_seconds=log.elapsed, budget_cuts=[], intro=intro, body=methods_table(rows),
+        data={"rows": rows}, plot=lambda path: methods_plot(rows, path),
+        results_dir=args.results,
+    )  # fmt: skip
+    return 0
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if args.runs:
+        return compare_methods(args, argv)
     size = "quick" if args.quick else "full"
     s = SIZES[size]
     eval_episodes = args.eval_episodes or s["eval_episodes"]

@@ -74,3 +74,37 @@ def test_metaworld_run_evaluates(tmp_path, capsys):
     assert len(metrics["per_episode"]["success"]) == 2
     # The strip of frames where this machine renders (EGL); the numbers either way.
     assert suffixes in ([".json", ".md", ".png"], [".json", ".md"])
+
+
+def test_execution_modes_through_eval_and_the_studies(tmp_path, capsys):
+    """`dpjax eval --execution rtc --delay 3` on a run executing 8 of 23 planned actions, and
+    the chunk-blending and method-comparison studies at a tiny size (their tables, cache)."""
+    import sys
+    from pathlib import Path
+
+    data = collect_demos(tmp_path / "data", 6, 0, progress=False)
+    run = tiny_run(data, tmp_path / "run", "policy.action_horizon=8")
+    args = ["eval", str(run), "--episodes", "4", "--steps", "2", "--execution", "rtc"]
+    assert cli.main([*args, "--delay", "3"]) == 0
+    result, _ = read_eval(run)
+    assert (result["execution"], result["delay"], result["max_guidance"]) == ("rtc", 3, 5.0)
+    assert (run / "eval" / "eval_ddim_2_rtc_d3.json").exists()
+    assert cli.main([*args, "--delay", "16"]) == 2  # 16 + 8 > 23
+    assert "delays up to 15 fit" in capsys.readouterr().err
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
+    import chunk_blending
+    import steps_vs_latency
+
+    results = tmp_path / "results"
+    common = ["--episodes", "4", "--work", str(tmp_path / "work"), "--results", str(results)]
+    assert chunk_blending.main(["--runs", str(run), "--delays", "0,5", *common]) == 0
+    page = (results / "chunk_blending.md").read_text()
+    assert page.count("| multimodal | 8 |") == 6  # 2 delays x 3 modes
+    cells = json.loads((tmp_path / "work" / "cells.json").read_text())
+    assert len(cells) == 6
+    argv = ["--runs", str(run), "--steps", "1,2", "--work", str(tmp_path / "w2"),
+            "--results", str(results), "--eval-episodes", "4"]  # fmt: skip
+    assert steps_vs_latency.main(argv) == 0
+    page = (results / "steps_vs_latency_methods.md").read_text()
+    assert page.count("| multimodal |") == 6  # 3 samplers x 2 step counts
