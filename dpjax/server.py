@@ -76,6 +76,7 @@ class ServerStats:
         self.latency_ms = collections.deque(maxlen=LATENCY_WINDOW)
         self.inference_ms = collections.deque(maxlen=LATENCY_WINDOW)
         self.connections = 0
+        self.fallback = None  # a FallbackPolicy's counts, where the server has one
 
     def error(self, kind: str) -> None:
         self.errors[kind] += 1
@@ -96,7 +97,14 @@ class ServerStats:
             "latency_ms": percentiles(self.latency_ms),  # receipt -> reply sent
             "inference_ms": percentiles(self.inference_ms),  # the batch's compute
             "latency_window": len(self.latency_ms),
+            **({} if self.fallback is None else self._fallback()),
         }
+
+    def _fallback(self) -> dict[str, Any]:
+        counts = dict(self.fallback)
+        total = sum(counts.values())
+        rate = (total - counts["primary"]) / total if total else 0.0
+        return {"fallback": counts, "fallback_rate": rate}
 
 
 def _bucket(n: int, max_batch: int) -> int:
@@ -147,18 +155,42 @@ class PolicyServer:
         self._key = jax.random.key(seed)
         self._served = 0
         self.stats = ServerStats()
+        # A FallbackPolicy (`dpjax serve --fallback`): each request through its host `act`,
+        # which enforces the latency budget and counts every decision.
+        self.fallback = hasattr(policy, "fallback_rate")
+        if self.fallback:
+            self.stats.fallback = policy.counts
         self._queue: asyncio.Queue | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="infer")
 
+    @property
+    def _act_options(self) -> dict[str, Any]:
+        return {"sampler": self.options["sampler"],
+                "num_inference_steps": self.options["num_inference_steps"]}  # fmt: skip
+
     @classmethod
     def from_run(cls, run_dir: str | Path, *, best: bool = False, step: int | None = None,
-                 control_hz: float | None = None, **options) -> PolicyServer:  # fmt: skip
+                 control_hz: float | None = None, fallback: str | Path | None = None,
+                 latency_budget_ms: float | None = None, **options) -> PolicyServer:  # fmt: skip
         """A server for a run directory's checkpoint; the control rate, where not given, is
-        the task's that the run's dataset was collected on (if that dataset is here)."""
+        the task's that the run's dataset was collected on (if that dataset is here).
+        `fallback`: a run (usually a BC student) whose chunk replaces the primary's where
+        that is non-finite, out of bounds or later than `latency_budget_ms`."""
         policy, params, metadata = dpjax.load_policy(run_dir, best=best, step=step)
         if control_hz is None:
             control_hz = _task_control_hz(metadata["config"].get("dataset"))
         info = {"run_dir": str(run_dir), "checkpoint_step": metadata["step"]}
+        if fallback is not None:
+            from dpjax.policy.fallback import FallbackPolicy
+
+            backup, backup_params, backup_meta = dpjax.load_policy(fallback)
+            policy = FallbackPolicy(policy, backup, latency_budget_ms=latency_budget_ms)
+            params = (params, backup_params)
+            info["fallback"] = {"run_dir": str(fallback), "checkpoint_step": backup_meta["step"],
+                                "latency_budget_ms": latency_budget_ms,
+                                "margin": policy.margin}  # fmt: skip
+        elif latency_budget_ms is not None:
+            raise DpjaxError("--latency-budget-ms needs a --fallback run to fall back to")
         return cls(policy, params, control_hz=control_hz, info=info, **options)
 
     # -- what a client sees -------------------------------------------------------------
@@ -243,6 +275,9 @@ class PolicyServer:
     def run_batch(self, requests: list[_Request]) -> list[np.ndarray]:
         """Actions for each request: single-observation requests stacked into one vmapped call
         (padded to a power of two), any other request on its own."""
+        if self.fallback:
+            return [self.policy.act(self.params, r.observation, r.key, **self._act_options)[0]
+                    for r in requests]  # fmt: skip
         out: dict[int, np.ndarray] = {}
         singles = [i for i, r in enumerate(requests) if r.batch == 1]
         if len(singles) > 1:
@@ -262,6 +297,12 @@ class PolicyServer:
         """Compiles the programs requests will run: a lone request of each batch in
         `batches`, and every stacked size up to max_batch."""
         obs = {k: np.asarray(v) for k, v in self.policy.example_observation(1).items()}
+        if self.fallback:
+            for batch in batches:
+                batched = {k: np.repeat(v, batch, 0) for k, v in obs.items()}
+                self.policy.act(self.params, batched, self._key, **self._act_options)
+            self.policy.counts.update(dict.fromkeys(self.policy.counts, 0))  # not served
+            return
         for batch in batches:
             jax.block_until_ready(self.chunk_fn(
                 self.params, {k: np.repeat(v, batch, 0) for k, v in obs.items()}, self._key))  # fmt: skip

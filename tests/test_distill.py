@@ -16,7 +16,7 @@ import pytest
 from dpjax import cli, oracles, samplers, schedules
 from dpjax.distill.students import consistency_regression
 from dpjax.envs.collect import collect_demos
-from dpjax.errors import ConfigError
+from dpjax.errors import ConfigError, DpjaxError
 from dpjax.policy import load_policy
 from dpjax.policy.fallback import FallbackPolicy
 
@@ -126,12 +126,17 @@ def test_dpjax_distill_rejects_bad_teachers_and_options(teacher, tmp_path, capsy
 
 
 @pytest.fixture(scope="module")
-def pair(teacher, tmp_path_factory):
+def bc_student(teacher, tmp_path_factory):
     bc = tmp_path_factory.mktemp("fallback") / "bc"
     assert cli.main(["distill", str(teacher), "--method", "bc", "--out", str(bc),
                      "--steps", "2"]) == 0  # fmt: skip
+    return bc
+
+
+@pytest.fixture(scope="module")
+def pair(teacher, bc_student):
     primary, primary_params, _ = load_policy(teacher)
-    backup, backup_params, _ = load_policy(bc)
+    backup, backup_params, _ = load_policy(bc_student)
     return primary, primary_params, backup, backup_params
 
 
@@ -201,3 +206,31 @@ def test_fallback_on_an_injected_delay(pair):
     assert reasons == ["primary", "primary"]
     with pytest.raises(ConfigError, match="latency_budget_ms"):
         FallbackPolicy(primary, backup, latency_budget_ms=0)
+
+
+def test_a_server_with_a_fallback_serves_the_backup_and_counts_it(teacher, bc_student, pair):
+    """`dpjax serve --fallback` as the server builds it: a broken primary (NaN weights) is
+    replaced by the backup's chunk for every request, and /stats counts why."""
+    from dpjax.client import PolicyClient
+    from dpjax.server import PolicyServer
+
+    primary, primary_params, backup, backup_params = pair
+    bc_dir = bc_student
+    server = PolicyServer.from_run(teacher, fallback=bc_dir, latency_budget_ms=5000)
+    assert server.metadata()["fallback"]["run_dir"] == str(bc_dir)
+    server.warm_up()
+    broken = jax.tree.map(lambda a: a * np.nan, primary_params)
+    obs = _observation(primary, 1)
+    with server.start_in_thread() as thread, PolicyClient("127.0.0.1", thread.port) as client:
+        served = client.act(obs, seed=3)
+        server.params = (broken, backup_params)
+        fallen = client.act(obs, seed=3)
+        stats = client.stats()
+    np.testing.assert_allclose(served, primary.act(primary_params, obs, jax.random.key(3)),
+                               atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(fallen, backup.act(backup_params, obs, jax.random.key(3)),
+                               atol=1e-5)  # fmt: skip
+    assert stats["fallback"] == {"primary": 1, "non_finite": 1, "out_of_bounds": 0, "late": 0}
+    assert stats["fallback_rate"] == 0.5
+    with pytest.raises(DpjaxError, match="needs a --fallback"):
+        PolicyServer.from_run(teacher, latency_budget_ms=10)

@@ -5,6 +5,11 @@ Serves a trained policy over a websocket (`dpjax.server`): robot programs connec
 chunks for their observation histories. `GET http://HOST:PORT/stats` reports requests, errors
 and latency percentiles. It listens on 127.0.0.1 unless --host says otherwise (0.0.0.0: every
 interface; the server has no authentication, so only on a network you trust).
+
+`--fallback BC_RUN [--latency-budget-ms MS]`: a backup policy (usually a BC student from
+`dpjax distill RUN --method bc`) whose chunk is sent instead where the primary's is
+non-finite, outside the data's action bounds, or not ready within the budget; GET /stats
+counts each reason ("fallback", "fallback_rate"). Requests are then served one at a time.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ def register(subparsers) -> None:
     parser.add_argument("--control-hz", type=float,
                         help="control rate told to clients (default: the dataset's task's)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of the server's own keys")
+    parser.add_argument("--fallback", metavar="BC_RUN", help="backup policy's run directory")
+    parser.add_argument("--latency-budget-ms", type=float,
+                        help="with --fallback: send the backup's chunk past this budget")  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -45,7 +53,8 @@ def run(args) -> int:
     server = PolicyServer.from_run(
         args.run_dir, best=args.best, step=args.step, control_hz=args.control_hz,
         sampler=args.sampler, num_inference_steps=args.steps, max_batch=args.max_batch,
-        batch_window_ms=args.batch_window_ms, seed=args.seed,
+        batch_window_ms=args.batch_window_ms, seed=args.seed, fallback=args.fallback,
+        latency_budget_ms=args.latency_budget_ms,
     )  # fmt: skip
     meta = server.metadata()
     print(f"compiling {meta['policy_kind']} policy ({meta['sampler'] or 'regression'}"
