@@ -77,32 +77,16 @@ def export_policy(policy, params, path: str | Path, *, batch: int | None = None,
         return chunk_fn(tree, observation, jax.random.wrap_key_data(key_data))
 
     (b,) = export.symbolic_shape("b") if batch is None else (batch,)
-    c = policy.config
     example = policy.example_observation(1)
     obs_specs = {k: jax.ShapeDtypeStruct((b, *v.shape[1:]), v.dtype) for k, v in example.items()}
     key_spec = jax.ShapeDtypeStruct(jax.random.key_data(jax.random.key(0)).shape, np.uint32)
     param_specs = [jax.ShapeDtypeStruct(np.shape(x), x.dtype) for x in leaves]
     exported = export.export(jax.jit(inference))(param_specs, obs_specs, key_spec)
-    o = c.sampler_options(**{"method": sampler, "num_inference_steps": num_inference_steps}) \
-        if c.kind == "diffusion" else None  # fmt: skip
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "policy_kind": c.kind,
-        "observation_spec": {
-            k: {
-                "shape": list(policy.observation_spec[k].shape),
-                "dtype": str(policy.observation_spec[k].dtype),
-            }
-            for k in policy.observation_keys
-        },  # fmt: skip
-        "obs_horizon": c.obs_horizon,
-        "action_horizon": c.action_horizon,
-        "pred_horizon": c.pred_horizon,
-        "action_dim": c.action_dim,
+        **policy.describe(sampler, num_inference_steps),
         "batch": batch,  # None: symbolic
-        "sampler": o.method if o else None,
-        "num_inference_steps": o.num_inference_steps if o else None,
         "platforms": list(exported.platforms),
         "jax_version": jax.__version__,
         "normalizer": policy.normalizer.to_dict(),

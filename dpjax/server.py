@@ -196,29 +196,12 @@ class PolicyServer:
     # -- what a client sees -------------------------------------------------------------
 
     def metadata(self) -> dict[str, Any]:
-        c = self.policy.config
-        o = (
-            c.sampler_options(method=self.options["sampler"],
-                              num_inference_steps=self.options["num_inference_steps"])
-            if c.kind == "diffusion" else None
-        )  # fmt: skip
         return {
             "type": "metadata",
             "protocol_version": messages.PROTOCOL_VERSION,
             "dpjax_version": dpjax.__version__,
-            "policy_kind": c.kind,
-            "observation_spec": {
-                k: {"shape": list(s.shape), "dtype": s.dtype}
-                for k, s in self.policy.observation_spec.items()
-                if k in self.policy.observation_keys
-            },
-            "obs_horizon": c.obs_horizon,
-            "action_horizon": c.action_horizon,
-            "pred_horizon": c.pred_horizon,
-            "action_dim": c.action_dim,
+            **self.policy.describe(self.options["sampler"], self.options["num_inference_steps"]),
             "control_hz": self.control_hz,
-            "sampler": o.method if o else None,
-            "num_inference_steps": o.num_inference_steps if o else None,
             "max_batch": self.max_batch,
             "max_message_bytes": self.max_message_bytes,
             **self.info,

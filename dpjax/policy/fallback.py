@@ -73,6 +73,9 @@ class FallbackPolicy:
     def check_observation(self, observation) -> int:
         return self.primary.check_observation(observation)
 
+    def describe(self, sampler=None, num_inference_steps=None):
+        return self.primary.describe(sampler, num_inference_steps)
+
     def example_observation(self, batch_size: int):
         return self.primary.example_observation(batch_size)
 

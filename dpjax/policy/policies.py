@@ -164,6 +164,32 @@ class Policy:
         used = (*self.config.low_dim_keys, *self.config.image_keys)
         return tuple(k for k in self.observation_spec if k in used)
 
+    def describe(self, sampler: str | None = None, num_inference_steps: int | None = None):
+        """What a client of this policy needs to know (servers and exports send it): kind,
+        the observations it reads, horizons, action size, and the sampler it runs with
+        these options (None for BC)."""
+        c = self.config
+        o = (
+            c.sampler_options(method=sampler, num_inference_steps=num_inference_steps)
+            if c.kind == "diffusion" else None
+        )  # fmt: skip
+        return {
+            "policy_kind": c.kind,
+            "observation_spec": {
+                k: {
+                    "shape": list(self.observation_spec[k].shape),
+                    "dtype": str(self.observation_spec[k].dtype),
+                }
+                for k in self.observation_keys
+            },  # fmt: skip
+            "obs_horizon": c.obs_horizon,
+            "action_horizon": c.action_horizon,
+            "pred_horizon": c.pred_horizon,
+            "action_dim": c.action_dim,
+            "sampler": o.method if o else None,
+            "num_inference_steps": o.num_inference_steps if o else None,
+        }
+
     def example_observation(self, batch_size: int) -> dict[str, jnp.ndarray]:
         return {
             k: jnp.zeros((batch_size, self.config.obs_horizon, *s.shape), s.dtype)
