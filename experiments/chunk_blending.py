@@ -66,20 +66,18 @@ def evaluate_cell(run_dir, action_horizon, mode, delay, episodes) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = [
-        "| task | s | delay | execution | score | success (95% CI) | chunk jump | inside step "
-        "| jerk | ms/plan |",
-        "|---|---:|---:|---|---:|---|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lo, hi = r["success_ci95"]
-        lines.append(
-            f"| {r['task']} | {r['action_horizon']} | {r['delay']} | {r['mode']} | "
-            f"{r['score']:.3f} | {r['success_rate']:.0%} ({lo:.0%}-{hi:.0%}) | "
-            f"{r['chunk_jump']:.4f} | {r['within_chunk_step']:.4f} | "
-            f"{r['mean_squared_jerk']:.2e} | {r['chunk_latency_ms']:.1f} |"
-        )
-    return "\n".join(lines)
+    return common.markdown_table([
+        ("task", "l", lambda r: r["task"]),
+        ("s", "r", lambda r: str(r["action_horizon"])),
+        ("delay", "r", lambda r: str(r["delay"])),
+        ("execution", "l", lambda r: r["mode"]),
+        ("score", "r", lambda r: f"{r['score']:.3f}"),
+        ("success (95% CI)", "l", common.success_cell),
+        ("chunk jump", "r", lambda r: f"{r['chunk_jump']:.4f}"),
+        ("inside step", "r", lambda r: f"{r['within_chunk_step']:.4f}"),
+        ("jerk", "r", lambda r: f"{r['mean_squared_jerk']:.2e}"),
+        ("ms/plan", "r", lambda r: f"{r['chunk_latency_ms']:.1f}"),
+    ], rows)  # fmt: skip
 
 
 def plot(rows: list[dict], path: Path) -> Path:

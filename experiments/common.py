@@ -98,6 +98,22 @@ class Progress:
         print(f"[{self.elapsed:7.1f} s] {message}", flush=True)
 
 
+def markdown_table(columns, rows) -> str:
+    """A Markdown table: columns are (header, "l" or "r" alignment, cell(row) -> str)."""
+    lines = [
+        "| " + " | ".join(h for h, _, _ in columns) + " |",
+        "|" + "|".join("---:" if a == "r" else "---" for _, a, _ in columns) + "|",
+    ]
+    lines += ["| " + " | ".join(cell(r) for _, _, cell in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def success_cell(row) -> str:
+    """ "66% (62%-70%)": a row's success rate with its 95% interval."""
+    lo, hi = row["success_ci95"]
+    return f"{row['success_rate']:.0%} ({lo:.0%}-{hi:.0%})"
+
+
 class CellCache:
     """Finished cells of a study in a JSON file: `get(key, compute)` returns the stored
     value or computes, stores (at once, so a killed study loses at most one cell) and

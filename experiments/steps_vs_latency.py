@@ -253,20 +253,18 @@ def describe_any_run(run_dir: Path, method: str) -> str:
 
 
 def methods_table(rows: list[dict]) -> str:
-    lines = [
-        "| task | curve | steps | evals | score | success (95% CI) | jerk | chunk jump "
-        f"| ms/chunk batch 1 | ms/chunk batch {BATCH_LATENCY} |",
-        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lo, hi = r["success_ci95"]
-        lines.append(
-            f"| {r['task']} | {r['curve']} | {r['steps'] or '-'} | {r['denoiser_evaluations']} | "
-            f"{r['score']:.3f} | {r['success_rate']:.0%} ({lo:.0%}-{hi:.0%}) | "
-            f"{r['mean_squared_jerk']:.2e} | {r['chunk_jump']:.3f} | "
-            f"{r['chunk_latency_ms']:.2f} | {r['batch_latency_ms']:.1f} |"
-        )
-    return "\n".join(lines)
+    return common.markdown_table([
+        ("task", "l", lambda r: r["task"]),
+        ("curve", "l", lambda r: r["curve"]),
+        ("steps", "r", lambda r: str(r["steps"] or "-")),
+        ("evals", "r", lambda r: str(r["denoiser_evaluations"])),
+        ("score", "r", lambda r: f"{r['score']:.3f}"),
+        ("success (95% CI)", "l", common.success_cell),
+        ("jerk", "r", lambda r: f"{r['mean_squared_jerk']:.2e}"),
+        ("chunk jump", "r", lambda r: f"{r['chunk_jump']:.3f}"),
+        ("ms/chunk batch 1", "r", lambda r: f"{r['chunk_latency_ms']:.2f}"),
+        (f"ms/chunk batch {BATCH_LATENCY}", "r", lambda r: f"{r['batch_latency_ms']:.1f}"),
+    ], rows)  # fmt: skip
 
 
 def methods_plot(rows: list[dict], path: Path) -> Path:
