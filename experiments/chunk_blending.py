@@ -13,7 +13,8 @@ chunk keeps executing). Reported per cell: the task's score (PushT: mean max rew
 success), success, the mean |a_t - a_(t-1)| where a new chunk takes over ("chunk jump")
 against the same inside chunks, mean squared jerk, and the batch-1 latency of one planning
 call (RTC's includes its vector-Jacobian product per step). Cells are cached in
-WORK/cells.json: a rerun skips the finished ones.
+WORK/cells.json and the timings, taken after every rollout, in WORK/latency.json (a rerun
+skips what is done; `--remeasure-latency` times again, e.g. on a quiet machine).
 
     python experiments/chunk_blending.py --runs runs/flow/cup_diffusion \\
         runs/recipes/pusht/unet32_noise05/seed0 --action-horizon 8
@@ -43,6 +44,9 @@ def parse_args(argv):
     parser.add_argument("--episodes", type=int, help="evaluation episodes (task default)")
     parser.add_argument("--work", default="runs/chunk_blending", help="the cell cache goes here")
     parser.add_argument("--results", default=str(common.RESULTS_DIR))
+    parser.add_argument(
+        "--remeasure-latency", action="store_true", help="time the planning calls again"
+    )
     return parser.parse_args(argv)
 
 
@@ -57,12 +61,22 @@ def evaluate_cell(run_dir, action_horizon, mode, delay, episodes) -> dict:
 
     metrics, _, task = evaluate_run(
         run_dir, episodes=episodes, action_horizon=action_horizon, progress=False,
-        execution=Execution(mode=mode, delay=delay),
+        execution=Execution(mode=mode, delay=delay), latency=False,
     )  # fmt: skip
     keep = ("score", "success_rate", "success_ci95", "chunk_jump", "within_chunk_step",
-            "mean_squared_jerk", "chunk_latency_ms", "mode_frequency_error")  # fmt: skip
+            "mean_squared_jerk", "mode_frequency_error")  # fmt: skip
     return {"task": task, "episodes": metrics["episodes"],
             **{k: metrics[k] for k in keep if k in metrics}}  # fmt: skip
+
+
+def latency_cell(run_dir, guided: bool) -> dict:
+    """Batch-1 ms of one planning call of the run's sampler, with RTC's guidance or without."""
+    from dpjax.evaluate import measure_chunk_latency
+    from dpjax.policy import load_policy
+
+    policy, params, _ = load_policy(run_dir)
+    return {"chunk_latency_ms": measure_chunk_latency(policy, params, guided=guided)[
+        "chunk_latency_ms"]}  # fmt: skip
 
 
 def table(rows: list[dict]) -> str:
@@ -112,6 +126,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     log = common.Progress()
     cache = common.CellCache(Path(args.work) / "cells.json")
+    timings = common.CellCache(Path(args.work) / "latency.json")
+    if args.remeasure_latency:
+        timings.cells.clear()
     s = args.action_horizon
     rows, described = [], []
     for run in args.runs:
@@ -136,6 +153,10 @@ def main(argv=None) -> int:
                              **cell})  # fmt: skip
                 log(f"{cell['task']} d={delay} {mode:>17}: score {cell['score']:.3f}, "
                     f"jump {cell['chunk_jump']:.4f}")  # fmt: skip
+    for row in rows:  # timed after every rollout: see --remeasure-latency
+        guided = row["mode"] == "rtc"
+        row.update(timings.get(f"{row['run']}|{guided}",
+                               lambda: latency_cell(row["run"], guided)))  # noqa: B023 # fmt: skip
     intro = (
         "Closed loop on held-out seeds, the policy's own sampler and step count; each chunk "
         "planned from the observation at its step, executed from `delay` steps later (the "

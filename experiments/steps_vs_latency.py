@@ -23,8 +23,9 @@ task (the cup, PushT keypoints), each evaluated with what its training makes ava
 
 Each cell reports the task's score (PushT: mean max reward; cup: success), success with its
 95% interval, smoothness, and the latency of one observation -> chunk call at batch 1 and at
-batch 64 (median after compilation). Cells are cached in WORK/cells.json, so a rerun skips
-the finished ones. Writes experiments/results/steps_vs_latency_methods.md / .json / .png:
+batch 64 (median after compilation). Cells are cached in WORK/cells.json (rollouts) and
+WORK/latency.json (timings, taken after all rollouts; `--remeasure-latency` takes them
+again, e.g. on a quiet machine), so a rerun skips the finished ones. Writes experiments/results/steps_vs_latency_methods.md / .json / .png:
 
     python experiments/steps_vs_latency.py --runs runs/flow/cup_diffusion runs/flow/cup_cd ...
 """
@@ -64,10 +65,15 @@ def parse_args(argv):
     parser.add_argument("--quick", action="store_true", help="the small size (minutes on a CPU)")
     parser.add_argument("--run", help="evaluate this trained diffusion run instead of training")
     parser.add_argument(
-        "--runs", nargs="+", help="the extended study: compare the methods of these trained runs"
-    )
+        "--runs", nargs="+",
+        help="the extended study: compare the methods of these trained runs (RUN@1,2,10: "
+        "that run's step counts instead of --steps)",
+    )  # fmt: skip
     parser.add_argument(
         "--steps", default="1,2,5,10,20,100", help="--runs: step counts of the multi-step methods"
+    )
+    parser.add_argument(
+        "--remeasure-latency", action="store_true", help="--runs: time every cell again"
     )
     parser.add_argument("--work", default="runs/steps_vs_latency", help="data and runs go here")
     parser.add_argument("--eval-episodes", type=int, help="override the size's episode count")
@@ -219,25 +225,33 @@ def method_cells(method: str, steps) -> list[tuple[str, str | None, int | None]]
     return [(method, None, None)]
 
 
-def evaluate_cell(run_dir, sampler, steps, episodes, progress) -> dict:
-    from dpjax.evaluate import evaluate_run, measure_chunk_latency
-    from dpjax.policy import load_policy
+def evaluate_cell(run_dir, sampler, steps, episodes) -> dict:
+    """Closed-loop quality of one (run, sampler, steps) cell (no timing: see latency_cell)."""
+    from dpjax.evaluate import evaluate_run
 
     metrics, _, task = evaluate_run(
-        run_dir, episodes=episodes, sampler=sampler, steps=steps, progress=progress
+        run_dir, episodes=episodes, sampler=sampler, steps=steps, progress=False, latency=False
     )
+    keep = ("score", "success_rate", "success_ci95", "mean_squared_jerk", "chunk_jump",
+            "denoiser_evaluations", "mode_frequencies", "mean_max_reward")  # fmt: skip
+    return {"task": task, "episodes": metrics["episodes"],
+            **{k: metrics[k] for k in keep if k in metrics}}  # fmt: skip
+
+
+def latency_cell(run_dir, sampler, steps) -> dict:
+    """Median (p95) ms of one chunk call at batch 1, median at batch BATCH_LATENCY."""
+    from dpjax.evaluate import measure_chunk_latency
+    from dpjax.policy import load_policy
+
     policy, params, _ = load_policy(run_dir)
+    one = measure_chunk_latency(policy, params, sampler=sampler, num_inference_steps=steps)
     wide = measure_chunk_latency(
         policy, params, repeats=5, batch_size=BATCH_LATENCY, sampler=sampler,
         num_inference_steps=steps,
     )  # fmt: skip
-    keep = ("score", "success_rate", "success_ci95", "mean_squared_jerk", "chunk_jump",
-            "chunk_latency_ms", "chunk_latency_p95_ms", "denoiser_evaluations",
-            "mode_frequencies", "mean_max_reward")  # fmt: skip
-    row = {k: metrics[k] for k in keep if k in metrics}
-    row.update(task=task, episodes=metrics["episodes"],
-               batch_latency_ms=wide["chunk_latency_ms"])  # fmt: skip
-    return row
+    return {"chunk_latency_ms": one["chunk_latency_ms"],
+            "chunk_latency_p95_ms": one["chunk_latency_p95_ms"],
+            "batch_latency_ms": wide["chunk_latency_ms"]}  # fmt: skip
 
 
 def describe_any_run(run_dir: Path, method: str) -> str:
@@ -303,22 +317,35 @@ def compare_methods(args, argv) -> int:
     log = common.Progress()
     steps = tuple(int(n) for n in args.steps.split(","))
     cache = common.CellCache(Path(args.work) / "cells.json")
+    timings = common.CellCache(Path(args.work) / "latency.json")
+    if args.remeasure_latency:
+        timings.cells.clear()
     rows, described = [], []
     for run in args.runs:
+        run, _, own = run.partition("@")  # RUN@1,2,10: this run's step counts
         run_dir = Path(run)
         _, _, metadata = load_policy(run_dir)
         method = method_of(load_run_config(run_dir), metadata)
         described.append(describe_any_run(run_dir, method))
-        for curve, sampler, n in method_cells(method, steps):
+        run_steps = tuple(int(n) for n in own.split(",")) if own else steps
+        for curve, sampler, n in method_cells(method, run_steps):
             cell = cache.get(
                 f"{run_dir}|{sampler}|{n}|{args.eval_episodes}",
-                lambda: evaluate_cell(run_dir, sampler, n, args.eval_episodes, False),  # noqa: B023
+                lambda: evaluate_cell(run_dir, sampler, n, args.eval_episodes),  # noqa: B023
             )
-            row = {"run": str(run_dir), "curve": curve, "sampler": sampler, "steps": n, **cell}
-            rows.append(row)
-            log(f"{row['task']} {curve:>28} {n or '-':>4}: score {row['score']:.3f}, "
-                f"{row['chunk_latency_ms']:.1f} ms (batch 1), "
-                f"{row['batch_latency_ms']:.1f} ms (batch {BATCH_LATENCY})")  # fmt: skip
+            rows.append({"run": str(run_dir), "curve": curve, "sampler": sampler, "steps": n,
+                         **cell})  # fmt: skip
+            log(f"{cell['task']} {curve:>28} {n or '-':>4}: score {cell['score']:.3f}")
+    # Timed after every rollout, so that a quiet machine can time them all (rerun with
+    # --remeasure-latency when the rollouts ran beside other work).
+    for row in rows:
+        row.update(timings.get(
+            f"{row['run']}|{row['sampler']}|{row['steps']}",
+            lambda: latency_cell(row["run"], row["sampler"], row["steps"]),  # noqa: B023
+        ))  # fmt: skip
+        log(f"{row['task']} {row['curve']:>28} {row['steps'] or '-':>4}: "
+            f"{row['chunk_latency_ms']:.2f} ms (batch 1), {row['batch_latency_ms']:.1f} ms "
+            f"(batch {BATCH_LATENCY})")  # fmt: skip
     intro = (
         "Quality against latency per method, each trained run evaluated in closed loop "
         "(held-out seeds; PushT: Diffusion Policy's 50 episodes and mean max reward; cup: "

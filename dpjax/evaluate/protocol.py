@@ -39,10 +39,12 @@ def evaluate_run(
     progress=True,
     action_horizon=None,
     execution=None,
+    latency=True,
 ):
     """(metrics, rollouts, task name) for a run directory's last (`best`: best-validation;
     `step`: that) checkpoint; `episodes` None: the task's default (`default_episodes`);
-    `execution` (an `Execution`): how chunks become actions (default chunked, no delay)."""
+    `execution` (an `Execution`): how chunks become actions (default chunked, no delay);
+    `latency` False skips timing the chunk call (time it on a quiet machine)."""
     policy, params, metadata = load_policy(run_dir, best=best, step=step)
     if action_horizon is not None:
         policy = with_action_horizon(policy, action_horizon)
@@ -62,6 +64,7 @@ def evaluate_run(
     metrics, rollouts = evaluate_on_task(
         policy, params, task_name, task_options, num_episodes=episodes, seed=seed,
         frames=6, progress=progress, expert_mode_frequencies=expert, execution=execution,
+        latency=latency,
         sampler=sampler, num_inference_steps=steps,
     )  # fmt: skip
     c = policy.config
