@@ -36,7 +36,10 @@ MODES = ("chunked", "temporal_ensemble", "rtc")
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", nargs="+", required=True, help="trained diffusion runs")
+    parser.add_argument(
+        "--runs", nargs="+", required=True,
+        help="trained diffusion runs (RUN@0,3,7: that run's delays instead of --delays)",
+    )  # fmt: skip
     parser.add_argument("--action-horizon", type=int, default=8, help="actions per chunk (s)")
     parser.add_argument(
         "--delays", help="comma-separated delays (default: 0 and three up to L - s per run)"
@@ -132,15 +135,17 @@ def main(argv=None) -> int:
     s = args.action_horizon
     rows, described = [], []
     for run in args.runs:
+        run, _, own = run.partition("@")  # RUN@0,3,7: this run's delays
         policy, _, _ = load_policy(run)
         c = policy.config
         described.append(
             f"`{run}`: {c.denoiser} denoiser, {c.sampler} {c.num_inference_steps} steps, "
             f"chunks of L = {policy.plan_length} actions from the current step, s = {s} executed"
         )
+        listed = own or args.delays
         delays = (
-            tuple(int(d) for d in args.delays.split(","))
-            if args.delays
+            tuple(int(d) for d in listed.split(","))
+            if listed
             else default_delays(policy.plan_length, s)
         )
         for delay in delays:

@@ -98,13 +98,13 @@ def test_execution_modes_through_eval_and_the_studies(tmp_path, capsys):
 
     results = tmp_path / "results"
     common = ["--episodes", "4", "--work", str(tmp_path / "work"), "--results", str(results)]
-    assert chunk_blending.main(["--runs", str(run), "--delays", "0,5", *common]) == 0
+    assert chunk_blending.main(["--runs", f"{run}@5", *common]) == 0
     page = (results / "chunk_blending.md").read_text()
-    assert page.count("| multimodal | 8 |") == 6  # 2 delays x 3 modes
+    assert page.count("| multimodal | 8 | 5 |") == 3  # the 3 modes at delay 5
     cells = json.loads((tmp_path / "work" / "cells.json").read_text())
-    assert len(cells) == 6
-    argv = ["--runs", str(run), "--steps", "1,2", "--work", str(tmp_path / "w2"),
+    assert len(cells) == 3
+    argv = ["--runs", str(run), "--steps", "2", "--work", str(tmp_path / "w2"),
             "--results", str(results), "--eval-episodes", "4"]  # fmt: skip
     assert steps_vs_latency.main(argv) == 0
     page = (results / "steps_vs_latency_methods.md").read_text()
-    assert page.count("| multimodal |") == 6  # 3 samplers x 2 step counts
+    assert page.count("| multimodal |") == 3  # 3 samplers x 1 step count
