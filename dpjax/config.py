@@ -113,6 +113,12 @@ class PolicyConfig:
                 )
             samplers.validate_options(self.sampler_options(), self.num_train_timesteps)
 
+    @property
+    def plan_length(self) -> int:
+        """The actions a predicted chunk holds from the current step (index obs_horizon - 1)
+        on: pred_horizon - obs_horizon + 1."""
+        return self.pred_horizon - self.obs_horizon + 1
+
     def sampler_options(self, **overrides) -> samplers.SamplerOptions:
         fields = dict(
             method=self.sampler,

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from dpjax.errors import unknown_name
-from dpjax.schedules import NoiseSchedule, q_sample, training_target
+from dpjax.schedules import FLOW_PREDICTION_TYPES, NoiseSchedule, q_sample, training_target
 
 TIMESTEP_SAMPLINGS: tuple[str, ...] = ("uniform", "logit_normal", "beta")
 # pi0's flow time: s = FLOW_BETA_MIN + (1 - FLOW_BETA_MIN) * Beta(1.5, 1) (density ~ s^0.5).
@@ -127,8 +127,8 @@ def flow_matching_loss(
 
     Returns (scalar loss, metrics); the noise and the times both come from `key`.
     """
-    if prediction_type not in ("velocity", "sample"):
-        raise unknown_name("flow prediction type", prediction_type, ("velocity", "sample"))
+    if prediction_type not in FLOW_PREDICTION_TYPES:
+        raise unknown_name("flow prediction type", prediction_type, FLOW_PREDICTION_TYPES)
     key_s, key_noise = jax.random.split(key)
     s = sample_unit_times(key_s, x0.shape[0], timestep_sampling)
     noise = jax.random.normal(key_noise, x0.shape, jnp.float32)

@@ -30,15 +30,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from dpjax.errors import ConfigError, unknown_name
-from dpjax.schedules import PREDICTION_TYPES, NoiseSchedule, x0_and_eps_from_output
+from dpjax.schedules import (
+    FLOW_PREDICTION_TYPES,
+    PREDICTION_TYPES,
+    NoiseSchedule,
+    x0_and_eps_from_output,
+)
 
 DenoiseFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
 Carry = dict[str, jnp.ndarray]
 Row = Mapping[str, jnp.ndarray]
 
 TIMESTEP_SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace")
-# What a flow-matching denoiser outputs: the velocity eps - x0, or the clean sample x0.
-FLOW_PREDICTION_TYPES: tuple[str, ...] = ("velocity", "sample")
 VARIANCE_TYPES: tuple[str, ...] = ("fixed_small", "fixed_large")
 
 
@@ -458,16 +461,19 @@ def _flow_midpoint_coefficients(schedule: NoiseSchedule, ts: np.ndarray, options
     return {"s": s, "ds": ds, "is_midpoint": is_midpoint}
 
 
+def flow_x0(model_output, x_s, s, prediction_type: str) -> jnp.ndarray:
+    """The x_0 estimate of a flow denoiser's output at x_s, time s (broadcastable): the
+    output itself ("sample"), or where one Euler step to s = 0 lands, x_s - s v ("velocity")."""
+    return model_output if prediction_type == "sample" else x_s - s * model_output
+
+
 def flow_velocity(model_output, x_s, row: Row, options: SamplerOptions) -> jnp.ndarray:
     """The velocity to integrate: the output, or (x_s - x_0) / s for an x_0 prediction
     (prediction_type="sample"). With clip_sample, re-derived from the clipped estimate of
     x_0 = x_s - s v as (x_s - clip(x_0)) / s (DDIM's eps_from_clipped_x0, on this path)."""
-    if options.prediction_type == "sample":
-        x0 = model_output
-    elif options.clip_sample is None:
+    if options.prediction_type != "sample" and options.clip_sample is None:
         return model_output
-    else:
-        x0 = x_s - row["s"] * model_output
+    x0 = flow_x0(model_output, x_s, row["s"], options.prediction_type)
     if options.clip_sample is not None:
         x0 = jnp.clip(x0, -options.clip_sample, options.clip_sample)
     return (x_s - x0) / row["s"]
@@ -682,7 +688,7 @@ def _signal_and_noise(t: jnp.ndarray, schedule: NoiseSchedule, process: str, dty
 
 def _x0_from_output(model_output, x_t, a, sigma, process: str, prediction_type: str):
     if process == "flow":
-        return model_output if prediction_type == "sample" else x_t - sigma * model_output
+        return flow_x0(model_output, x_t, sigma, prediction_type)
     return x0_and_eps_from_output(model_output, x_t, a, sigma, prediction_type)[0]
 
 

@@ -24,6 +24,8 @@ from dpjax.errors import ConfigError, unknown_name
 
 PredictionType = Literal["epsilon", "sample", "v_prediction"]
 PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "sample", "v_prediction")
+# What a flow-matching denoiser outputs: the velocity eps - x0, or the clean sample x0.
+FLOW_PREDICTION_TYPES: tuple[str, ...] = ("velocity", "sample")
 
 # abar_{T-1} after rescaling to zero terminal SNR: diffusers' Euler and DPM-Solver use this
 # value so that sigma_{T-1} stays finite; we use it for every sampler (see README).

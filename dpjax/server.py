@@ -163,11 +163,6 @@ class PolicyServer:
         self._queue: asyncio.Queue | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="infer")
 
-    @property
-    def _act_options(self) -> dict[str, Any]:
-        return {"sampler": self.options["sampler"],
-                "num_inference_steps": self.options["num_inference_steps"]}  # fmt: skip
-
     @classmethod
     def from_run(cls, run_dir: str | Path, *, best: bool = False, step: int | None = None,
                  control_hz: float | None = None, fallback: str | Path | None = None,
@@ -259,7 +254,7 @@ class PolicyServer:
         """Actions for each request: single-observation requests stacked into one vmapped call
         (padded to a power of two), any other request on its own."""
         if self.fallback:
-            return [self.policy.act(self.params, r.observation, r.key, **self._act_options)[0]
+            return [self.policy.act(self.params, r.observation, r.key, **self.options)[0]
                     for r in requests]  # fmt: skip
         out: dict[int, np.ndarray] = {}
         singles = [i for i, r in enumerate(requests) if r.batch == 1]
@@ -283,7 +278,7 @@ class PolicyServer:
         if self.fallback:
             for batch in batches:
                 batched = {k: np.repeat(v, batch, 0) for k, v in obs.items()}
-                self.policy.act(self.params, batched, self._key, **self._act_options)
+                self.policy.act(self.params, batched, self._key, **self.options)
             self.policy.counts.update(dict.fromkeys(self.policy.counts, 0))  # not served
             return
         for batch in batches:

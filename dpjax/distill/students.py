@@ -26,7 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from dpjax import samplers
+from dpjax import losses, samplers
 from dpjax.config import TrainConfig
 from dpjax.errors import ConfigError, unknown_name
 from dpjax.policy.loading import load_policy, load_run_config
@@ -84,10 +84,6 @@ def teacher_options(teacher_policy, method: str, teacher_sampler: str | None, te
     return tc.sampler_options(method=teacher_sampler, num_inference_steps=teacher_steps)
 
 
-def _denoise_fn(policy, params, cond):
-    return lambda x_t, t: policy.network.apply(params, x_t, t, cond, method=PolicyNetwork.denoise)
-
-
 def _teacher_sample(teacher, teacher_params, observation, key, options, sample_fn):
     """`sample_fn` (samplers.sample_with_options or sample_trajectory) of the teacher on fresh
     x_T, in normalized action space, with no gradient."""
@@ -95,9 +91,8 @@ def _teacher_sample(teacher, teacher_params, observation, key, options, sample_f
     cond = teacher._encode(teacher_params, observation, False)
     key_noise, key_sampler = jax.random.split(key)
     x_T = jax.random.normal(key_noise, (cond.shape[0], c.pred_horizon, c.action_dim))
-    out = sample_fn(
-        _denoise_fn(teacher, teacher_params, cond), x_T, teacher.schedule, options, key_sampler
-    )
+    out = sample_fn(teacher.denoiser(teacher_params, cond), x_T, teacher.schedule, options,
+                    key_sampler)  # fmt: skip
     return jax.tree.map(jax.lax.stop_gradient, out)
 
 
@@ -108,11 +103,11 @@ def consistency_loss(student, teacher, options):
     T = student.config.num_train_timesteps
 
     def clean_estimate(params, x_t, t, cond):
-        out = _denoise_fn(student, params, cond)(x_t, t).astype(jnp.float32)
-        if not flow or student.config.prediction_type == "sample":
-            return out
+        out = student.denoiser(params, cond)(x_t, t).astype(jnp.float32)
+        if not flow:
+            return out  # a "sample" (x_0) predicting VP student
         s = (t.astype(jnp.float32) / T)[:, None, None]
-        return x_t - s * out  # the x_0 one Euler step to s = 0 lands on
+        return samplers.flow_x0(out, x_t, s, student.config.prediction_type)
 
     def loss(params, batch, key, teacher_params):
         key_teacher, key_pick, key_aug = jax.random.split(key, 3)
@@ -152,8 +147,7 @@ def bc_loss(student, teacher, options):
         )  # fmt: skip
         cond = student._encode(params, batch["observation"], True, key_aug)
         prediction = student.network.apply(params, cond, method=PolicyNetwork.regress)
-        loss = jnp.mean((prediction.astype(jnp.float32) - target) ** 2)
-        return loss, {"loss": loss, "mse": loss}
+        return losses.regression_loss(prediction, target)
 
     return loss
 

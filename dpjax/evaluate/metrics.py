@@ -62,7 +62,6 @@ def measure_chunk_latency(
     with real-time chunking's inpainting guidance (a vector-Jacobian product per step)."""
     observation = policy.example_observation(batch_size)
     key = jax.random.key(0)
-    fn = policy.inference_fn(**options)
     if guided:
         plan = policy.plan_fn(**options)
         guide = (
@@ -70,6 +69,8 @@ def measure_chunk_latency(
             jnp.ones((policy.plan_length,)),
         )
         fn = lambda params, observation, key: plan(params, observation, key, guide)
+    else:
+        fn = policy.inference_fn(**options)
     jax.block_until_ready(fn(params, observation, key))  # compile
     times = []
     for i in range(repeats):

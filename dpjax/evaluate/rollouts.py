@@ -29,7 +29,7 @@ def _multimodal_program(plan_fn, c, config, execution: Execution):
     from dpjax.envs import multimodal as mm
 
     horizon = c.action_horizon
-    plan_length = c.pred_horizon - c.obs_horizon + 1
+    plan_length = c.plan_length
     observe = jax.vmap(lambda s: {k: v for k, v in mm.observation(s, config).items()
                                   if k in c.low_dim_keys})  # fmt: skip
 
@@ -100,9 +100,9 @@ def _checked_execution(policy, execution: Execution | None, plan_length=None) ->
     return execution
 
 
-def _first_switch(policy, execution: Execution | None) -> int:
+def _first_switch(policy, execution: Execution) -> int:
     """The first step at which a new chunk takes over: action_horizon + delay."""
-    return policy.config.action_horizon + (execution.delay if execution else 0)
+    return policy.config.action_horizon + execution.delay
 
 
 def _execution_record(execution: Execution) -> dict[str, Any]:
@@ -158,7 +158,7 @@ def evaluate_multimodal(
     `env_config`'s mode probabilities)."""
     from dpjax.envs.multimodal import DEFAULT_CONFIG, MODES
 
-    execution = _checked_execution(policy, execution)
+    execution = execution or Execution()
     rollouts = rollout_multimodal(
         policy, params, num_episodes=num_episodes, seed=seed, env_config=env_config,
         execution=execution, **options,
@@ -331,6 +331,7 @@ def evaluate_on_task(
     episode of a batch of up to 50 stepped together elsewhere. Sampler options pass through.
     "score" is the task's headline number: `mean_max_reward` on PushT, else success."""
     task_options = dict(task_options or {})
+    execution = execution or Execution()
     if task_name == "multimodal":
         from dpjax.envs.multimodal import config_from_options
 
@@ -356,12 +357,12 @@ def evaluate_on_task(
         metrics = summarize_gym(
             rollouts, policy.config.action_horizon, first_switch=_first_switch(policy, execution)
         )
-        metrics.update(_execution_record(execution or Execution()))
+        metrics.update(_execution_record(execution))
         metrics["denoiser_evaluations"] = policy.num_denoiser_evaluations(
             options.get("sampler"), options.get("num_inference_steps")
         )
         if latency:
-            guided = execution is not None and execution.mode == "rtc"
+            guided = execution.mode == "rtc"
             metrics.update(measure_chunk_latency(policy, params, guided=guided, **options))
     metrics["score"] = metrics.get("mean_max_reward", metrics["success_rate"])
     return metrics, rollouts

@@ -263,18 +263,17 @@ class Policy:
             for k, v in normalized.items()
         }
 
-    def _executed(self, chunk: jnp.ndarray) -> jnp.ndarray:
-        start = self.config.obs_horizon - 1
-        return chunk[:, start : start + self.config.action_horizon]
-
     @property
     def plan_length(self) -> int:
-        """L: the actions a chunk plans from the current step on (pred_horizon - obs_horizon
-        + 1); `plan_fn` returns them all, `inference_fn` the first action_horizon."""
-        return self.config.pred_horizon - self.config.obs_horizon + 1
+        """L: the actions a chunk plans from the current step on (`PolicyConfig.plan_length`);
+        `plan_fn` returns them all, `inference_fn` the first action_horizon."""
+        return self.config.plan_length
 
     def _planned(self, chunk: jnp.ndarray) -> jnp.ndarray:
         return chunk[:, self.config.obs_horizon - 1 :]
+
+    def _executed(self, chunk: jnp.ndarray) -> jnp.ndarray:
+        return self._planned(chunk)[:, : self.config.action_horizon]
 
     def validation_loss(self, params, batch: Mapping[str, Any], key: jax.Array):
         """The loss runs report as val_loss: the training loss unless a subclass says so."""
@@ -303,9 +302,7 @@ class DiffusionPolicy(Policy):
         key_aug, key_loss = jax.random.split(key)
         cond = self._encode(params, batch["observation"], True, key_aug)
         x0 = self.normalizer.normalize("action", batch["action"])
-        denoise = lambda x_t, t: self.network.apply(
-            params, x_t, t, cond, method=PolicyNetwork.denoise
-        )
+        denoise = self.denoiser(params, cond)
         sampling = "uniform" if standard else c.timestep_sampling
         if c.objective == "flow_matching":
             return losses.flow_matching_loss(
@@ -325,6 +322,11 @@ class DiffusionPolicy(Policy):
     def validation_loss(self, params, batch: Mapping[str, Any], key: jax.Array):
         return self.loss(params, batch, key, standard=True)
 
+    def denoiser(self, params, cond) -> samplers.DenoiseFn:
+        """`denoise_fn(x_t (B, pred_horizon, A), t (B,))` for the encoded observations `cond`:
+        what the samplers and losses call."""
+        return lambda x_t, t: self.network.apply(params, x_t, t, cond, method=PolicyNetwork.denoise)
+
     def predict_action_chunk(
         self, params, observation, key, options: samplers.SamplerOptions, guide=None,
         max_guidance: float = 5.0,
@@ -339,9 +341,7 @@ class DiffusionPolicy(Policy):
         batch = cond.shape[0]
         key_noise, key_sampler = jax.random.split(key)
         x_T = jax.random.normal(key_noise, (batch, c.pred_horizon, c.action_dim))
-        denoise = lambda x_t, t: self.network.apply(
-            params, x_t, t, cond, method=PolicyNetwork.denoise
-        )
+        denoise = self.denoiser(params, cond)
         if guide is not None:
             target, weights = guide
             past = c.obs_horizon - 1  # the chunk's first entries are past steps: unguided
