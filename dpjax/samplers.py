@@ -692,6 +692,23 @@ def _x0_from_output(model_output, x_t, a, sigma, process: str, prediction_type: 
     return x0_and_eps_from_output(model_output, x_t, a, sigma, prediction_type)[0]
 
 
+def clean_estimate(
+    model_output, x_t, t, schedule: NoiseSchedule, process: str, prediction_type: str
+) -> jnp.ndarray:
+    """The x_0 estimate of a denoiser's `model_output` at x_t (B, ...) and denoiser time t (B,)
+    of either process ("vp" or "flow") and any prediction type."""
+    shape = (-1,) + (1,) * (x_t.ndim - 1)
+    a, sigma = (c.reshape(shape) for c in _signal_and_noise(t, schedule, process, x_t.dtype))
+    return _x0_from_output(model_output, x_t, a, sigma, process, prediction_type)
+
+
+def noised(x0, t, noise, schedule: NoiseSchedule, process: str) -> jnp.ndarray:
+    """x_t = a_t x_0 + sigma_t noise at denoiser time t (B,) of either process."""
+    shape = (-1,) + (1,) * (x0.ndim - 1)
+    a, sigma = (c.reshape(shape) for c in _signal_and_noise(t, schedule, process, x0.dtype))
+    return a * x0 + sigma * noise
+
+
 def _output_with_x0_shift(model_output, delta, a, sigma, process: str, prediction_type: str):
     """The model output whose x_0 estimate (at the same x_t) is moved by `delta`."""
     if prediction_type == "sample":
@@ -729,7 +746,7 @@ def inpainting_guidance(
 
         def x0_of(x):
             output = denoise_fn(x, t)
-            return _x0_from_output(output, x, a, sigma, process, prediction_type), output
+            return clean_estimate(output, x, t, schedule, process, prediction_type), output
 
         x0, vjp_fn, output = jax.vjp(x0_of, x_t, has_aux=True)
         (g,) = vjp_fn((weights * (target - x0)).astype(x0.dtype))

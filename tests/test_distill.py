@@ -234,3 +234,77 @@ def test_a_server_with_a_fallback_serves_the_backup_and_counts_it(teacher, bc_st
     assert stats["fallback_rate"] == 0.5
     with pytest.raises(DpjaxError, match="needs a --fallback"):
         PolicyServer.from_run(teacher, latency_budget_ms=10)
+
+
+@pytest.mark.parametrize("process", ["vp", "flow"])
+def test_mode_seeking_pull_moves_chunks_between_modes_onto_the_nearer_mode(process):
+    """Descending ModeSeeking.pull on the samples themselves (exact teacher of the cup mixture)
+    takes points between north and east onto the nearer of the two, and leaves points on a
+    mode there; the mean (0, 0) of the modes, where a one-step regression would land, is no
+    resting point. Without the stop-gradient target (or with a sign error) they stay or drift."""
+    from dpjax.distill import ModeSeeking
+
+    mixture = oracles.cup_mixture()
+    T = 100
+    schedule = schedules.make_schedule("squaredcos_cap_v2", T)
+    if process == "flow":
+        teacher = oracles.oracle_flow_denoiser(mixture, T)
+        prediction_type = "velocity"
+    else:
+        teacher = oracles.oracle_denoiser(mixture, schedule)
+        prediction_type = "epsilon"
+
+    def teacher_clean(x_t, t):
+        return samplers.clean_estimate(teacher(x_t, t), x_t, t, schedule, process,
+                                       prediction_type)  # fmt: skip
+
+    def renoise(x, t, noise):
+        return samplers.noised(x, t, noise, schedule, process)
+
+    term = ModeSeeking(weight=1.0, max_time=0.2)
+    north, east = np.asarray(mixture.means[0]), np.asarray(mixture.means[1])
+    # between the two modes, 0.3 of the way from the nearer one's side of the midpoint
+    side = np.linspace(0.3, 0.7, 9)
+    between = np.concatenate([(1 - side)[:, None] * north + side[:, None] * east,
+                              np.zeros((1, 2))])  # fmt: skip
+    start = jnp.asarray(np.concatenate([between, mixture.means]), jnp.float32)
+
+    @jax.jit
+    def descend(x, key):
+        value, grad = jax.value_and_grad(
+            lambda x: term.pull(x, teacher_clean, renoise, key, T, continuous=process == "flow")
+        )(x)
+        return x - 0.5 * x.shape[0] * grad, value
+
+    end, values = jax.lax.scan(descend, start, jax.random.split(jax.random.key(0), 400))
+    nearest = np.asarray(oracles.assign_modes(mixture, end))
+    distance = np.linalg.norm(np.asarray(end) - np.asarray(mixture.means)[nearest], axis=-1)
+    assert distance.max() < 0.5, distance
+    # each between-point ends on its nearer mode (near the midpoint, noise may decide)
+    expected = np.where(side < 0.5, 0, 1)
+    off_center = np.abs(side - 0.5) >= 0.1
+    assert (nearest[:9][off_center] == expected[off_center]).all(), nearest
+    assert (nearest[-3:] == np.arange(3)).all(), nearest  # points on a mode stay on it
+    start_distance = np.linalg.norm(between - np.asarray(mixture.means)[
+        np.asarray(oracles.assign_modes(mixture, jnp.asarray(between)))], axis=-1)  # fmt: skip
+    assert start_distance.min() > 0.8  # they did start between the modes
+
+
+def test_dpjax_distill_with_mode_seeking(teacher, tmp_path, capsys):
+    out = tmp_path / "cd_ms"
+    assert cli.main(["distill", str(teacher), "--method", "consistency", "--out", str(out),
+                     "--steps", "3", "--teacher-steps", "4", "--mode-seeking", "2",
+                     "--mode-seeking-max-time", "0.3"]) == 0  # fmt: skip
+    _, _, meta = load_policy(out)
+    assert meta["distillation"]["mode_seeking"] == {"weight": 2.0, "max_time": 0.3}
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("mode_seeking" in m and m["mode_seeking"] > 0 for m in metrics), metrics
+    for bad, message in ((["--mode-seeking", "0"], "weight must be > 0"),
+                         (["--mode-seeking", "1", "--mode-seeking-max-time", "2"], "max time"),
+                         (["--method", "bc", "--mode-seeking", "1"], "takes none")):  # fmt: skip
+        args = ["distill", str(teacher), "--method", "consistency", "--out",
+                str(tmp_path / "bad"), "--steps", "1", *bad]  # fmt: skip
+        if "bc" in bad:
+            args.remove("consistency"), args.remove("--method")
+        assert cli.main(args) == 2
+        assert message in capsys.readouterr().err

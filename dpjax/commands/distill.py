@@ -7,6 +7,9 @@ Trains a student of a trained diffusion (or flow matching) policy into a run dir
                deterministic sampling trajectory (DDIM / flow Euler, --teacher-steps calls)
                from x_T and from points along it; starts from the teacher's weights.
                Evaluate with `dpjax eval STUDENT_RUN` (1 step) or `--steps 2|3`.
+               --mode-seeking W adds score distillation's pull of the one-step chunk
+               toward the teacher's modes (re-noised to t <= --mode-seeking-max-time);
+               it picks a mode where the regression blurs between them.
   bc           one forward pass: a regression head fitting the teacher's sampled chunks;
                the backup of a FallbackPolicy (`dpjax serve --fallback STUDENT_RUN`).
 
@@ -37,6 +40,12 @@ def register(subparsers) -> None:
     parser.add_argument("--teacher-steps", type=int,
                         help="the teacher's step count (default: 12; bc: the teacher's own)")  # fmt: skip
     parser.add_argument("--hidden-dims", help="bc: the student's MLP widths, e.g. 256,256")
+    parser.add_argument("--mode-seeking", type=float, metavar="W",
+                        help="consistency: weight of the mode-seeking (score distillation) "
+                        "pull, e.g. 3")  # fmt: skip
+    parser.add_argument("--mode-seeking-max-time", type=float, default=0.2, metavar="F",
+                        help="consistency: the pull re-noises to times up to F * T "
+                        "(default 0.2)")  # fmt: skip
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a field of the student's config (repeatable)")  # fmt: skip
     parser.add_argument("--resume", action="store_true", help="continue the student in --out")
@@ -45,7 +54,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from dpjax.distill import distill
+    from dpjax.distill import ModeSeeking, distill
     from dpjax.errors import ConfigError
 
     hidden = None
@@ -57,10 +66,13 @@ def run(args) -> int:
                               f"{args.hidden_dims!r}") from e  # fmt: skip
     if args.steps is not None and args.steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {args.steps}")
+    mode_seeking = None
+    if args.mode_seeking is not None:
+        mode_seeking = ModeSeeking(args.mode_seeking, args.mode_seeking_max_time)
     summary = distill(
         args.teacher, args.method, args.out, num_steps=args.steps,
         teacher_sampler=args.teacher_sampler, teacher_steps=args.teacher_steps,
-        hidden_dims=hidden, overrides=tuple(args.set), resume=args.resume,
+        hidden_dims=hidden, mode_seeking=mode_seeking, overrides=tuple(args.set), resume=args.resume,
         overwrite=args.overwrite,
     )  # fmt: skip
     out = Path(args.out)

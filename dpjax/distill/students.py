@@ -96,36 +96,94 @@ def _teacher_sample(teacher, teacher_params, observation, key, options, sample_f
     return jax.tree.map(jax.lax.stop_gradient, out)
 
 
-def consistency_loss(student, teacher, options):
+def consistency_loss(student, teacher, options, mode_seeking: ModeSeeking | None = None):
     """loss(params, batch, key, teacher_params): the student's clean-chunk estimate from x_T
-    and from a random point of the teacher's trajectory, against the trajectory's end."""
-    flow = student.config.objective == "flow_matching"
-    T = student.config.num_train_timesteps
-
-    def clean_estimate(params, x_t, t, cond):
-        out = student.denoiser(params, cond)(x_t, t).astype(jnp.float32)
-        if not flow:
-            return out  # a "sample" (x_0) predicting VP student
-        s = (t.astype(jnp.float32) / T)[:, None, None]
-        return samplers.flow_x0(out, x_t, s, student.config.prediction_type)
+    and from a random point of the teacher's trajectory, against the trajectory's end; with
+    `mode_seeking`, plus its pull of the one-step chunk toward the teacher's modes."""
+    sc, tc = student.config, teacher.config
+    student_process = "flow" if sc.objective == "flow_matching" else "vp"
+    teacher_process = "flow" if tc.objective == "flow_matching" else "vp"
 
     def loss(params, batch, key, teacher_params):
-        key_teacher, key_pick, key_aug = jax.random.split(key, 3)
+        key_teacher, key_pick, key_aug, key_pull = jax.random.split(key, 4)
         x0, inputs, ts = _teacher_sample(
             teacher, teacher_params, batch["observation"], key_teacher, options,
             samplers.sample_trajectory,
         )  # fmt: skip
         cond = student._encode(params, batch["observation"], True, key_aug)
-        estimate = lambda x_t, t: clean_estimate(params, x_t, t, cond)
-        return consistency_regression(estimate, x0, inputs, ts, key_pick)
+        denoise = student.denoiser(params, cond)
+
+        def estimate(x_t, t):
+            out = denoise(x_t, t).astype(jnp.float32)
+            return samplers.clean_estimate(out, x_t, t, student.schedule, student_process,
+                                           sc.prediction_type)  # fmt: skip
+
+        pull = None
+        if mode_seeking is not None:
+            teacher_cond = jax.lax.stop_gradient(
+                teacher._encode(teacher_params, batch["observation"], False)
+            )
+            teacher_denoise = teacher.denoiser(teacher_params, teacher_cond)
+
+            def teacher_clean(x_t, t):
+                out = teacher_denoise(x_t, t).astype(jnp.float32)
+                return samplers.clean_estimate(out, x_t, t, teacher.schedule, teacher_process,
+                                               tc.prediction_type)  # fmt: skip
+
+            renoise = lambda x, t, noise: samplers.noised(x, t, noise, teacher.schedule,
+                                                          teacher_process)  # fmt: skip
+            pull = lambda sample: mode_seeking.pull(
+                sample, teacher_clean, renoise, key_pull, tc.num_train_timesteps,
+                continuous=teacher_process == "flow",
+            )  # fmt: skip
+        return consistency_regression(estimate, x0, inputs, ts, key_pick, pull)
 
     return loss
 
 
-def consistency_regression(clean_estimate, x0, inputs, ts, key):
+@dataclasses.dataclass(frozen=True)
+class ModeSeeking:
+    """A mode-seeking term for a one-step student: score distillation (Poole et al. 2022's
+    SDS; the teacher's half of One-Step Diffusion Policy's and DMD's KL gradient). The
+    student's one-step chunk x is re-noised to x_t at a random time t <= max_time * T and
+    pulled toward the teacher's clean estimate of x_t (no gradient through the teacher):
+    weight * |x - sg(x0_teacher(x_t, t))|^2. A chunk between two modes is pulled to the nearer
+    one, so where a regression blurs the noise -> mode map it picks a mode instead; small
+    times keep the pull local (at large ones the teacher's estimate is the modes' mean).
+    Too strong a pull moves samples across the boundaries (mode frequencies drift) and
+    narrows each mode."""
+
+    weight: float = 3.0
+    max_time: float = 0.2
+
+    def __post_init__(self):
+        if not self.weight > 0:
+            raise ConfigError(f"mode-seeking weight must be > 0, got {self.weight}")
+        if not 0 < self.max_time <= 1:
+            raise ConfigError(f"mode-seeking max time must be in (0, 1], got {self.max_time}")
+
+    def pull(self, sample, teacher_clean, renoise, key, num_train_timesteps: int,
+             continuous: bool = False) -> jnp.ndarray:  # fmt: skip
+        """The weighted pull on `sample` (B, ...); teacher_clean(x_t, t) -> x_0 estimate,
+        renoise(x_0, t, noise) -> x_t; integer times 1..max_time*T, or uniform on
+        (0, max_time*T] for a flow teacher (`continuous`)."""
+        key_t, key_noise = jax.random.split(key)
+        batch_size = sample.shape[0]
+        top = self.max_time * num_train_timesteps
+        if continuous:
+            t = top * (1.0 - jax.random.uniform(key_t, (batch_size,)))
+        else:
+            t = jax.random.randint(key_t, (batch_size,), 1, max(int(round(top)), 1) + 1)
+        x_t = renoise(sample, t, jax.random.normal(key_noise, sample.shape, sample.dtype))
+        target = jax.lax.stop_gradient(teacher_clean(x_t, t))
+        return self.weight * jnp.mean((sample - target) ** 2)
+
+
+def consistency_regression(clean_estimate, x0, inputs, ts, key, pull=None):
     """(loss, metrics) of a student `clean_estimate(x_t (B, ...), t (B,)) -> x_0 estimate`
     against a teacher trajectory's end x0 (B, ...), from its start inputs[0] = x_T and from
-    one random point inputs[k] (inputs (S, B, ...), their times ts (S,)), weighted 1:1.
+    one random point inputs[k] (inputs (S, B, ...), their times ts (S,)), weighted 1:1;
+    `pull(one_step_estimate) -> scalar` (a ModeSeeking term) is added when given.
     metrics["mse"] is the one-step error alone."""
     batch_size = x0.shape[0]
     pick = jax.random.randint(key, (batch_size,), 0, inputs.shape[0])
@@ -133,7 +191,11 @@ def consistency_regression(clean_estimate, x0, inputs, ts, key):
     middle = clean_estimate(inputs[pick, jnp.arange(batch_size)], ts[pick])
     one_step = jnp.mean((first - x0) ** 2)
     loss = 0.5 * (one_step + jnp.mean((middle - x0) ** 2))
-    return loss, {"loss": loss, "mse": one_step}
+    metrics = {"mse": one_step}
+    if pull is not None:
+        metrics["mode_seeking"] = pull(first)
+        loss = loss + metrics["mode_seeking"]
+    return loss, {"loss": loss, **metrics}
 
 
 def bc_loss(student, teacher, options):
@@ -161,6 +223,7 @@ def distill(
     teacher_sampler: str | None = None,
     teacher_steps: int | None = None,
     hidden_dims: tuple[int, ...] | None = None,
+    mode_seeking: ModeSeeking | None = None,
     overrides: tuple[str, ...] = (),
     resume: bool = False,
     overwrite: bool = False,
@@ -191,9 +254,15 @@ def distill(
             f"the dataset {config.dataset} is not the one the teacher was normalized on "
             "(its statistics differ)"
         )
-    make_loss = consistency_loss if method == "consistency" else bc_loss
+    if mode_seeking is not None and method != "consistency":
+        raise ConfigError("mode seeking is a term of the consistency student's loss; "
+                          f"--method {method} takes none")  # fmt: skip
+    if method == "consistency":
+        loss = consistency_loss(student, teacher, options, mode_seeking)
+    else:
+        loss = bc_loss(student, teacher, options)
     objective = Objective(
-        loss=make_loss(student, teacher, options),
+        loss=loss,
         frozen=teacher_params,
         # A consistency student starts as its teacher (same network); BC from scratch.
         init_params=teacher_params if method == "consistency" else None,
@@ -204,6 +273,7 @@ def distill(
         "method": method,
         "sampler": options.method,
         "num_inference_steps": options.num_inference_steps,
+        "mode_seeking": dataclasses.asdict(mode_seeking) if mode_seeking else None,
         "denoiser_evaluations_per_chunk": samplers.num_denoiser_evaluations(
             options.method, options.num_inference_steps, teacher.config.num_train_timesteps
         ),
