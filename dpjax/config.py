@@ -67,6 +67,10 @@ class PolicyConfig:
     num_heads: int = 4
     causal: bool = False
     dtype: str = "float32"
+    # BC head (kind="bc", sized by hidden_dims): 1 regresses one chunk (the mean of the
+    # demonstrations); K > 1 proposes K chunks and a categorical over them (multiple-
+    # hypothesis prediction) and draws one per call, which can keep several modes apart.
+    num_hypotheses: int = 1
     # Diffusion process and training objective. flow_matching: the time input is s * T for
     # s in [0, 1], prediction_type "velocity" or "sample" (x0), a flow sampler
     # (flow_euler, flow_midpoint); beta_schedule and loss_weighting do not apply.
@@ -101,6 +105,13 @@ class PolicyConfig:
             raise ConfigError("a policy needs at least one observation key")
         if not self.obs_noise_std >= 0:
             raise ConfigError(f"obs_noise_std must be >= 0, got {self.obs_noise_std}")
+        if not (isinstance(self.num_hypotheses, int) and self.num_hypotheses >= 1):
+            raise ConfigError(
+                f"num_hypotheses must be an integer >= 1, got {self.num_hypotheses!r}"
+            )
+        if self.kind == "diffusion" and self.num_hypotheses != 1:
+            raise ConfigError("num_hypotheses is a setting of the BC head (kind='bc'); a "
+                              "diffusion policy draws its modes from noise")  # fmt: skip
         if self.kind == "diffusion" and self.denoiser not in DENOISERS:
             raise unknown_name("denoiser", self.denoiser, DENOISERS)
         if self.kind == "diffusion":

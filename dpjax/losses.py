@@ -144,3 +144,31 @@ def regression_loss(prediction: jnp.ndarray, target: jnp.ndarray):
     """The behavioral-cloning objective: MSE between predicted and demonstrated actions."""
     loss = jnp.mean((prediction.astype(jnp.float32) - target) ** 2)
     return loss, {"loss": loss, "mse": loss}
+
+
+# The share of the regression loss the losing hypotheses get (relaxed winner-takes-all), so
+# that none is left where no target ever reaches it.
+HYPOTHESIS_RELAXATION = 0.05
+
+
+def multi_hypothesis_loss(chunks, logits, target, relaxation: float = HYPOTHESIS_RELAXATION):
+    """K candidate chunks (B, K, H, A) and their logits (B, K) against target chunks (B, H, A):
+    relaxed winner-takes-all (Rupprecht et al. 2017's multiple-hypothesis prediction) - the
+    candidate nearest each target regresses it with weight 1 - relaxation, the others share
+    the rest - plus the cross-entropy of the logits on the winner, so that sampling the
+    categorical draws each candidate as often as the targets fall nearest it. With K = 1 this
+    is `regression_loss` (no relaxation, no classification)."""
+    chunks = chunks.astype(jnp.float32)
+    num = chunks.shape[1]
+    if num == 1:
+        return regression_loss(chunks[:, 0], target)
+    errors = jnp.mean((chunks - target[:, None]) ** 2, axis=(2, 3))  # (B, K)
+    winner = jnp.argmin(errors, axis=1)
+    one_hot = jax.nn.one_hot(winner, num)
+    weights = one_hot * (1 - relaxation) + (1 - one_hot) * relaxation / (num - 1)
+    mse = jnp.mean(jnp.sum(weights * errors, axis=1))
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    cross_entropy = -jnp.mean(jnp.sum(one_hot * log_probs, axis=-1))
+    loss = mse + cross_entropy
+    winner_mse = jnp.mean(jnp.min(errors, axis=1))
+    return loss, {"loss": loss, "mse": winner_mse, "cross_entropy": cross_entropy}

@@ -82,6 +82,32 @@ def test_diffusion_reproduces_three_modes_and_bc_collapses(three_modes):
     assert bc_near < 0.05, results
 
 
+def test_multiple_hypothesis_bc_keeps_the_three_modes_apart(three_modes):
+    """num_hypotheses=4: the head's candidates land on the modes and sampling its categorical
+    draws them at the demonstrations' frequencies, where one regressed chunk (the test above)
+    sits between them; without a key the most probable candidate (north) is taken."""
+    episodes, normalizer, spec = three_modes
+    policy = P.make_policy(C.PolicyConfig(kind="bc", num_hypotheses=4, **SMALL), normalizer, spec)
+    state, metrics = train_policy(policy, episodes)
+    assert float(metrics["cross_entropy"]) < 1.2  # below log 4 = 1.39: it learned the weights
+    observation = {"state": jnp.zeros((2000, 1, 3))}
+    actions = policy.act(state.ema_params, observation, jax.random.key(5))
+    assert actions.shape == (2000, 4, 2)
+    freqs = oracles.mode_frequencies(oracles.cup_mixture(), np.asarray(actions).mean(1))
+    np.testing.assert_allclose(freqs, oracles.CUP_MODE_WEIGHTS, atol=0.08)
+    assert near_mode_fraction(actions) > 0.9
+    greedy = policy.predict_action_chunk(state.ema_params, observation)
+    greedy_freqs = oracles.mode_frequencies(oracles.cup_mixture(), np.asarray(greedy).mean(1))
+    assert greedy_freqs[0] == 1.0, greedy_freqs
+
+
+def test_num_hypotheses_is_validated():
+    with pytest.raises(ConfigError, match="num_hypotheses must be an integer >= 1"):
+        C.PolicyConfig(kind="bc", num_hypotheses=0).validate()
+    with pytest.raises(ConfigError, match="setting of the BC head"):
+        C.PolicyConfig(num_hypotheses=2).validate()
+
+
 def test_any_sampler_at_inference_without_retraining(three_modes):
     episodes, normalizer, spec = three_modes
     policy = P.make_policy(C.PolicyConfig(**SMALL), normalizer, spec)

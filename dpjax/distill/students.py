@@ -26,11 +26,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from dpjax import losses, samplers
+from dpjax import samplers
 from dpjax.config import TrainConfig
 from dpjax.errors import ConfigError, unknown_name
 from dpjax.policy.loading import load_policy, load_run_config
-from dpjax.policy.policies import PolicyNetwork
 
 DISTILL_METHODS: tuple[str, ...] = ("consistency", "bc")
 # The teacher's grid: 12 trailing steps over T = 100 visit 99, 66, 49, 32 and 24, the first
@@ -208,8 +207,7 @@ def bc_loss(student, teacher, options):
             samplers.sample_with_options,
         )  # fmt: skip
         cond = student._encode(params, batch["observation"], True, key_aug)
-        prediction = student.network.apply(params, cond, method=PolicyNetwork.regress)
-        return losses.regression_loss(prediction, target)
+        return student.fit_loss(params, cond, target)
 
     return loss
 

@@ -101,6 +101,7 @@ class PolicyNetwork(nn.Module):
                 self.config.action_dim,
                 self.config.hidden_dims,
                 DTYPES[self.config.dtype],
+                self.config.num_hypotheses,
             )
 
     def encode(self, observation: Observation, train: bool = False) -> jnp.ndarray:
@@ -109,7 +110,8 @@ class PolicyNetwork(nn.Module):
     def denoise(self, noisy_actions, timestep, cond) -> jnp.ndarray:
         return self.denoiser(noisy_actions, timestep, cond)
 
-    def regress(self, cond) -> jnp.ndarray:
+    def regress(self, cond) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """(chunks (B, K, H, A), logits (B, K)), K = config.num_hypotheses."""
         return self.head(cond)
 
     def __call__(self, observation: Observation, noisy_actions, timestep):
@@ -396,22 +398,34 @@ class DiffusionPolicy(Policy):
 
 
 class BCPolicy(Policy):
+    """One forward pass a chunk. With num_hypotheses K > 1 the head proposes K chunks and a
+    categorical over them (fit by `losses.multi_hypothesis_loss`); each call draws one with
+    its PRNG key (the most probable one without a key), so it can commit to one of several
+    modes where a single regressed chunk averages them."""
+
+    def fit_loss(self, params, cond, target):
+        """(loss, metrics) of the head on `cond` against normalized target chunks (B, H, A)."""
+        chunks, logits = self.network.apply(params, cond, method=PolicyNetwork.regress)
+        return losses.multi_hypothesis_loss(chunks, logits, target)
+
     def loss(self, params, batch: Mapping[str, Any], key: jax.Array):
         cond = self._encode(params, batch["observation"], True, key)
-        prediction = self.network.apply(params, cond, method=PolicyNetwork.regress)
-        return losses.regression_loss(
-            prediction, self.normalizer.normalize("action", batch["action"])
-        )
+        return self.fit_loss(params, cond, self.normalizer.normalize("action", batch["action"]))
 
     def predict_action_chunk(self, params, observation, key=None, options=None):
         cond = self._encode(params, observation, False)
-        prediction = self.network.apply(params, cond, method=PolicyNetwork.regress)
+        chunks, logits = self.network.apply(params, cond, method=PolicyNetwork.regress)
+        if key is None:
+            pick = jnp.argmax(logits, axis=-1)
+        else:
+            pick = jax.random.categorical(key, logits, axis=-1)
+        prediction = jnp.take_along_axis(chunks, pick[:, None, None, None], axis=1)[:, 0]
         return self.normalizer.unnormalize("action", prediction.astype(jnp.float32))
 
     @functools.cached_property
     def _compiled(self):
         return jax.jit(
-            lambda params, obs, key: self._executed(self.predict_action_chunk(params, obs))
+            lambda params, obs, key: self._executed(self.predict_action_chunk(params, obs, key))
         )
 
     def inference_fn(self, **ignored):
@@ -423,7 +437,7 @@ class BCPolicy(Policy):
         def plan(params, obs, key, guide):
             if guide is not None:
                 raise ConfigError("a BC policy has no denoiser to guide (guided inpainting)")
-            return self._planned(self.predict_action_chunk(params, obs))
+            return self._planned(self.predict_action_chunk(params, obs, key))
 
         return jax.jit(plan)
 
