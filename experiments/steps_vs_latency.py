@@ -79,6 +79,8 @@ def parse_args(argv):
     parser.add_argument("--eval-episodes", type=int, help="override the size's episode count")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", default=str(common.RESULTS_DIR))
+    parser.add_argument("--name", default="steps_vs_latency_methods",
+                        help="--runs: the results' file name (without suffix)")  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -214,15 +216,26 @@ def method_of(config, metadata) -> str:
     return "flow" if config.policy.objective == "flow_matching" else "diffusion"
 
 
-def method_cells(method: str, steps) -> list[tuple[str, str | None, int | None]]:
-    """(curve label, sampler, steps) of each evaluation a run of this method gets."""
+def method_variant(config, metadata) -> str:
+    """What sets a run apart from others of its method, for its curve's label: a consistency
+    student's mode-seeking term, a BC head's hypotheses ("" for neither)."""
+    mode_seeking = (metadata.get("distillation") or {}).get("mode_seeking")
+    if mode_seeking:
+        return f" + mode seeking {mode_seeking['weight']:g}"
+    k = config.policy.num_hypotheses
+    return f" ({k} hypotheses)" if config.policy.kind == "bc" and k > 1 else ""
+
+
+def method_cells(method: str, steps, variant: str = "") -> list[tuple[str, str | None, int | None]]:
+    """(curve label, sampler, steps) of each evaluation a run of this method gets; `variant`
+    (method_variant) ends the label."""
     if method == "diffusion":
         return [(f"{s} (diffusion)", s, n) for s in DIFFUSION_SAMPLERS for n in steps]
     if method == "flow":
         return [("flow_euler (flow matching)", "flow_euler", n) for n in steps]
     if method == "consistency":
-        return [("consistency student", "ddim", n) for n in CONSISTENCY_STEPS]
-    return [(method, None, None)]
+        return [(f"consistency student{variant}", "ddim", n) for n in CONSISTENCY_STEPS]
+    return [(f"{method}{variant}", None, None)]
 
 
 def evaluate_cell(run_dir, sampler, steps, episodes) -> dict:
@@ -254,7 +267,7 @@ def latency_cell(run_dir, sampler, steps) -> dict:
             "batch_latency_ms": wide["chunk_latency_ms"]}  # fmt: skip
 
 
-def describe_any_run(run_dir: Path, method: str) -> str:
+def describe_any_run(run_dir: Path, method: str, variant: str = "") -> str:
     from dpjax.policy import load_run_config
 
     c = load_run_config(run_dir)
@@ -263,7 +276,12 @@ def describe_any_run(run_dir: Path, method: str) -> str:
     what = {"diffusion": f"diffusion ({p.prediction_type}, T={p.num_train_timesteps})",
             "flow": f"flow matching ({p.prediction_type}, {p.timestep_sampling} times)"}.get(
                 method, method)  # fmt: skip
-    return f"`{run_dir}`: {what}, {net}; {c.num_steps} steps at batch {c.batch_size}"
+    return f"`{run_dir}`: {what}{variant}, {net}; {c.num_steps} steps at batch {c.batch_size}"
+
+
+def _number(value, spec: str) -> str:
+    """`value` formatted, or "-" where an episode set had none (no chunk switch to measure)."""
+    return "-" if value is None else format(value, spec)
 
 
 def methods_table(rows: list[dict]) -> str:
@@ -274,8 +292,8 @@ def methods_table(rows: list[dict]) -> str:
         ("evals", "r", lambda r: str(r["denoiser_evaluations"])),
         ("score", "r", lambda r: f"{r['score']:.3f}"),
         ("success (95% CI)", "l", common.success_cell),
-        ("jerk", "r", lambda r: f"{r['mean_squared_jerk']:.2e}"),
-        ("chunk jump", "r", lambda r: f"{r['chunk_jump']:.3f}"),
+        ("jerk", "r", lambda r: _number(r["mean_squared_jerk"], ".2e")),
+        ("chunk jump", "r", lambda r: _number(r["chunk_jump"], ".3f")),
         ("ms/chunk batch 1", "r", lambda r: f"{r['chunk_latency_ms']:.2f}"),
         (f"ms/chunk batch {BATCH_LATENCY}", "r", lambda r: f"{r['batch_latency_ms']:.1f}"),
     ], rows)  # fmt: skip
@@ -325,10 +343,12 @@ def compare_methods(args, argv) -> int:
         run, _, own = run.partition("@")  # RUN@1,2,10: this run's step counts
         run_dir = Path(run)
         _, _, metadata = load_policy(run_dir)
-        method = method_of(load_run_config(run_dir), metadata)
-        described.append(describe_any_run(run_dir, method))
+        config = load_run_config(run_dir)
+        method = method_of(config, metadata)
+        variant = method_variant(config, metadata)
+        described.append(describe_any_run(run_dir, method, variant))
         run_steps = tuple(int(n) for n in own.split(",")) if own else steps
-        for curve, sampler, n in method_cells(method, run_steps):
+        for curve, sampler, n in method_cells(method, run_steps, variant):
             cell = cache.get(
                 f"{run_dir}|{sampler}|{n}|{args.eval_episodes}",
                 lambda: evaluate_cell(run_dir, sampler, n, args.eval_episodes),  # noqa: B023
@@ -355,7 +375,7 @@ def compare_methods(args, argv) -> int:
         + "\n".join(f"- {d}" for d in described)
     )
     common.publish_study(
-        "steps_vs_latency_methods", quick=False, script=__file__, argv=argv,
+        args.name, quick=False, script=__file__, argv=argv,
         wall_seconds=log.elapsed, budget_cuts=[], intro=intro, body=methods_table(rows),
         data={"rows": rows}, plot=lambda path: methods_plot(rows, path),
         results_dir=args.results,

@@ -103,8 +103,10 @@ def test_execution_modes_through_eval_and_the_studies(tmp_path, capsys):
     assert page.count("| multimodal | 8 | 5 |") == 3  # the 3 modes at delay 5
     cells = json.loads((tmp_path / "work" / "cells.json").read_text())
     assert len(cells) == 3
-    argv = ["--runs", str(run), "--steps", "2", "--work", str(tmp_path / "w2"),
-            "--results", str(results), "--eval-episodes", "4"]  # fmt: skip
+    bc = tiny_run(data, tmp_path / "bc", "policy.kind=bc", "policy.num_hypotheses=2")
+    argv = ["--runs", str(run), str(bc), "--steps", "2", "--work", str(tmp_path / "w2"),
+            "--results", str(results), "--eval-episodes", "4", "--name", "methods"]  # fmt: skip
     assert steps_vs_latency.main(argv) == 0
-    page = (results / "steps_vs_latency_methods.md").read_text()
-    assert page.count("| multimodal |") == 3  # 3 samplers x 1 step count
+    page = (results / "methods.md").read_text()
+    assert page.count("| multimodal |") == 4  # 3 samplers x 1 step count, and the BC run
+    assert page.count("| multimodal | bc (2 hypotheses) |") == 1

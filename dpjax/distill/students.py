@@ -14,7 +14,9 @@ consistency: a 1-3 step diffusion student. The student learns the teacher's cons
     (x_s - endpoint) / s, sampled with flow_euler at 1 step).
 bc: a regression (BC) student fitting the teacher's sampled chunks (its default sampler) on
     the dataset's observations: one forward pass, the seed's "train small BC from diffusion",
-    and the backup of `dpjax.policy.fallback.FallbackPolicy`.
+    and the backup of `dpjax.policy.fallback.FallbackPolicy`. With policy.num_hypotheses=K
+    (`--set`) its head proposes K chunks and draws one per call (a multimodal teacher's modes
+    stay apart instead of being averaged).
 """
 
 from __future__ import annotations
