@@ -219,9 +219,13 @@ def method_of(config, metadata) -> str:
 def method_variant(config, metadata) -> str:
     """What sets a run apart from others of its method, for its curve's label: a consistency
     student's mode-seeking term, a BC head's hypotheses ("" for neither)."""
+    from dpjax.distill import ModeSeeking
+
     mode_seeking = (metadata.get("distillation") or {}).get("mode_seeking")
     if mode_seeking:
-        return f" + mode seeking {mode_seeking['weight']:g}"
+        times = mode_seeking["max_time"]
+        window = "" if times == ModeSeeking().max_time else f", t <= {times:g} T"
+        return f" + mode seeking {mode_seeking['weight']:g}{window}"
     k = config.policy.num_hypotheses
     return f" ({k} hypotheses)" if config.policy.kind == "bc" and k > 1 else ""
 
@@ -284,6 +288,12 @@ def _number(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _modes_cell(row: dict) -> str:
+    """The cup's mode frequencies (north/east/south), "-" for a task without modes."""
+    freqs = row.get("mode_frequencies")
+    return "/".join(f"{v:.2f}" for v in freqs.values()) if freqs else "-"
+
+
 def methods_table(rows: list[dict]) -> str:
     return common.markdown_table([
         ("task", "l", lambda r: r["task"]),
@@ -292,6 +302,7 @@ def methods_table(rows: list[dict]) -> str:
         ("evals", "r", lambda r: str(r["denoiser_evaluations"])),
         ("score", "r", lambda r: f"{r['score']:.3f}"),
         ("success (95% CI)", "l", common.success_cell),
+        ("modes (cup: N/E/S)", "l", _modes_cell),
         ("jerk", "r", lambda r: _number(r["mean_squared_jerk"], ".2e")),
         ("chunk jump", "r", lambda r: _number(r["chunk_jump"], ".3f")),
         ("ms/chunk batch 1", "r", lambda r: f"{r['chunk_latency_ms']:.2f}"),
