@@ -692,20 +692,24 @@ def _x0_from_output(model_output, x_t, a, sigma, process: str, prediction_type: 
     return x0_and_eps_from_output(model_output, x_t, a, sigma, prediction_type)[0]
 
 
+def _broadcast_signal_and_noise(t, schedule: NoiseSchedule, process: str, like: jnp.ndarray):
+    """(a, sigma) of `_signal_and_noise`, shaped (B, 1, ...) to broadcast against `like`."""
+    shape = (-1,) + (1,) * (like.ndim - 1)
+    return tuple(c.reshape(shape) for c in _signal_and_noise(t, schedule, process, like.dtype))
+
+
 def clean_estimate(
     model_output, x_t, t, schedule: NoiseSchedule, process: str, prediction_type: str
 ) -> jnp.ndarray:
     """The x_0 estimate of a denoiser's `model_output` at x_t (B, ...) and denoiser time t (B,)
     of either process ("vp" or "flow") and any prediction type."""
-    shape = (-1,) + (1,) * (x_t.ndim - 1)
-    a, sigma = (c.reshape(shape) for c in _signal_and_noise(t, schedule, process, x_t.dtype))
+    a, sigma = _broadcast_signal_and_noise(t, schedule, process, x_t)
     return _x0_from_output(model_output, x_t, a, sigma, process, prediction_type)
 
 
 def noised(x0, t, noise, schedule: NoiseSchedule, process: str) -> jnp.ndarray:
     """x_t = a_t x_0 + sigma_t noise at denoiser time t (B,) of either process."""
-    shape = (-1,) + (1,) * (x0.ndim - 1)
-    a, sigma = (c.reshape(shape) for c in _signal_and_noise(t, schedule, process, x0.dtype))
+    a, sigma = _broadcast_signal_and_noise(t, schedule, process, x0)
     return a * x0 + sigma * noise
 
 
@@ -741,12 +745,11 @@ def inpainting_guidance(
     prediction_type = options.prediction_type
 
     def guided(x_t: jnp.ndarray, t: jnp.ndarray) -> jnp.ndarray:
-        shape = (-1,) + (1,) * (x_t.ndim - 1)
-        a, sigma = (c.reshape(shape) for c in _signal_and_noise(t, schedule, process, x_t.dtype))
+        a, sigma = _broadcast_signal_and_noise(t, schedule, process, x_t)
 
         def x0_of(x):
             output = denoise_fn(x, t)
-            return clean_estimate(output, x, t, schedule, process, prediction_type), output
+            return _x0_from_output(output, x, a, sigma, process, prediction_type), output
 
         x0, vjp_fn, output = jax.vjp(x0_of, x_t, has_aux=True)
         (g,) = vjp_fn((weights * (target - x0)).astype(x0.dtype))

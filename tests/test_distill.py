@@ -301,6 +301,7 @@ def test_dpjax_distill_with_mode_seeking(teacher, tmp_path, capsys):
     assert any("mode_seeking" in m and m["mode_seeking"] > 0 for m in metrics), metrics
     for bad, message in ((["--mode-seeking", "0"], "weight must be > 0"),
                          (["--mode-seeking", "1", "--mode-seeking-max-time", "2"], "max time"),
+                         (["--mode-seeking-max-time", "0.1"], "pass the weight too"),
                          (["--method", "bc", "--mode-seeking", "1"], "takes none")):  # fmt: skip
         args = ["distill", str(teacher), "--method", "consistency", "--out",
                 str(tmp_path / "bad"), "--steps", "1", *bad]  # fmt: skip

@@ -45,7 +45,7 @@ def register(subparsers) -> None:
     parser.add_argument("--mode-seeking", type=float, metavar="W",
                         help="consistency: weight of the mode-seeking (score distillation) "
                         "pull, e.g. 3")  # fmt: skip
-    parser.add_argument("--mode-seeking-max-time", type=float, default=0.2, metavar="F",
+    parser.add_argument("--mode-seeking-max-time", type=float, metavar="F",
                         help="consistency: the pull re-noises to times up to F * T "
                         "(default 0.2)")  # fmt: skip
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -70,7 +70,13 @@ def run(args) -> int:
         raise ConfigError(f"--steps must be >= 1, got {args.steps}")
     mode_seeking = None
     if args.mode_seeking is not None:
-        mode_seeking = ModeSeeking(args.mode_seeking, args.mode_seeking_max_time)
+        times = (
+            {} if args.mode_seeking_max_time is None else {"max_time": args.mode_seeking_max_time}
+        )
+        mode_seeking = ModeSeeking(args.mode_seeking, **times)
+    elif args.mode_seeking_max_time is not None:
+        raise ConfigError("--mode-seeking-max-time sets the window of --mode-seeking W; "
+                          "pass the weight too")  # fmt: skip
     summary = distill(
         args.teacher, args.method, args.out, num_steps=args.steps,
         teacher_sampler=args.teacher_sampler, teacher_steps=args.teacher_steps,

@@ -85,11 +85,11 @@ def teacher_options(teacher_policy, method: str, teacher_sampler: str | None, te
     return tc.sampler_options(method=teacher_sampler, num_inference_steps=teacher_steps)
 
 
-def _teacher_sample(teacher, teacher_params, observation, key, options, sample_fn):
+def _teacher_sample(teacher, teacher_params, cond, key, options, sample_fn):
     """`sample_fn` (samplers.sample_with_options or sample_trajectory) of the teacher on fresh
-    x_T, in normalized action space, with no gradient."""
+    x_T given its encoded observation `cond` (B, C), in normalized action space, with no
+    gradient."""
     c = teacher.config
-    cond = teacher._encode(teacher_params, observation, False)
     key_noise, key_sampler = jax.random.split(key)
     x_T = jax.random.normal(key_noise, (cond.shape[0], c.pred_horizon, c.action_dim))
     out = sample_fn(teacher.denoiser(teacher_params, cond), x_T, teacher.schedule, options,
@@ -102,13 +102,14 @@ def consistency_loss(student, teacher, options, mode_seeking: ModeSeeking | None
     and from a random point of the teacher's trajectory, against the trajectory's end; with
     `mode_seeking`, plus its pull of the one-step chunk toward the teacher's modes."""
     sc, tc = student.config, teacher.config
-    student_process = "flow" if sc.objective == "flow_matching" else "vp"
-    teacher_process = "flow" if tc.objective == "flow_matching" else "vp"
+    student_process = samplers.get_sampler(sc.sampler).process
+    teacher_process = samplers.get_sampler(tc.sampler).process
 
     def loss(params, batch, key, teacher_params):
         key_teacher, key_pick, key_aug, key_pull = jax.random.split(key, 4)
+        teacher_cond = teacher._encode(teacher_params, batch["observation"], False)
         x0, inputs, ts = _teacher_sample(
-            teacher, teacher_params, batch["observation"], key_teacher, options,
+            teacher, teacher_params, teacher_cond, key_teacher, options,
             samplers.sample_trajectory,
         )  # fmt: skip
         cond = student._encode(params, batch["observation"], True, key_aug)
@@ -121,9 +122,6 @@ def consistency_loss(student, teacher, options, mode_seeking: ModeSeeking | None
 
         pull = None
         if mode_seeking is not None:
-            teacher_cond = jax.lax.stop_gradient(
-                teacher._encode(teacher_params, batch["observation"], False)
-            )
             teacher_denoise = teacher.denoiser(teacher_params, teacher_cond)
 
             def teacher_clean(x_t, t):
@@ -204,8 +202,9 @@ def bc_loss(student, teacher, options):
 
     def loss(params, batch, key, teacher_params):
         key_teacher, key_aug = jax.random.split(key)
+        teacher_cond = teacher._encode(teacher_params, batch["observation"], False)
         target = _teacher_sample(
-            teacher, teacher_params, batch["observation"], key_teacher, options,
+            teacher, teacher_params, teacher_cond, key_teacher, options,
             samplers.sample_with_options,
         )  # fmt: skip
         cond = student._encode(params, batch["observation"], True, key_aug)
