@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from dpjax.config import MLPConfig, TransformerConfig, UNet1DConfig
 from dpjax.machine import cpu_model
 
 STATE_DIM, ACTION_DIM = 18, 2
@@ -30,10 +31,10 @@ PUSHT = dict(
     low_dim_features=None,  # raw state as conditioning, as LeRobot's state-only policy does
 )
 # The three denoisers of the issue: the seed's fusion MLP, Diffusion Policy's UNet, a transformer.
-DENOISERS: dict[str, dict[str, Any]] = {
-    "mlp": dict(denoiser="mlp", hidden_dims=(512, 512, 256)),
-    "unet1d": dict(denoiser="unet1d", down_dims=(256, 512, 1024)),
-    "transformer": dict(denoiser="transformer", width=256, num_layers=4, num_heads=4),
+DENOISERS: dict[str, Any] = {
+    "mlp": MLPConfig(hidden_dims=(512, 512, 256)),
+    "unet1d": UNet1DConfig(down_dims=(256, 512, 1024)),
+    "transformer": TransformerConfig(width=256, num_layers=4, num_heads=4),
 }
 # float32; bfloat16 = bfloat16 weights and activations (PolicyConfig.dtype); bf16-weights =
 # float32 activations with the temporal-conv kernels stored in bfloat16 (matmuls read half the
@@ -114,7 +115,7 @@ def make_pusht_policy(denoiser: str, dtype: str = "float32", **overrides):
 
     config_dtype = "bfloat16" if dtype == "bfloat16" else "float32"
     config = config_lib.PolicyConfig(
-        **PUSHT, **DENOISERS[denoiser], dtype=config_dtype, **overrides
+        **PUSHT, denoiser=DENOISERS[denoiser], dtype=config_dtype, **overrides
     )
     spec = {"state": ArraySpec((STATE_DIM,), "float32")}
     return policy_lib.make_policy(config, make_normalizer(), spec)

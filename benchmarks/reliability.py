@@ -40,13 +40,13 @@ from dpjax.training.loop import train
 ROOT = Path(__file__).resolve().parent.parent
 
 CONFIG_TEMPLATE = """
-from dpjax.config import OptimConfig, PolicyConfig, TrainConfig
+from dpjax.config import MLPConfig, OptimConfig, PolicyConfig, TrainConfig
 
 CONFIG = TrainConfig(
     dataset={dataset!r},
     policy=PolicyConfig(
-        action_dim=2, obs_horizon=2, pred_horizon=4, action_horizon=2, denoiser="mlp",
-        hidden_dims=(32, 32), low_dim_features=8, num_inference_steps=4,
+        action_dim=2, obs_horizon=2, pred_horizon=4, action_horizon=2,
+        denoiser=MLPConfig(hidden_dims=(32, 32)), low_dim_features=8, num_inference_steps=4,
     ),
     optim=OptimConfig(learning_rate=1e-3, warmup_steps=2),
     seed={seed}, batch_size=16, num_steps={num_steps}, log_every=1, eval_every={num_steps},

@@ -26,7 +26,6 @@ import jax.numpy as jnp
 from dpjax import samplers
 from dpjax.data.windows import check_horizons
 from dpjax.errors import ConfigError, unknown_name
-from dpjax.nets import DENOISERS
 
 POLICY_KINDS: tuple[str, ...] = ("diffusion", "bc")
 # What a "diffusion" policy's denoiser learns: the VP noising process (eps / x0 / v targets,
@@ -35,6 +34,55 @@ POLICY_KINDS: tuple[str, ...] = ("diffusion", "bc")
 OBJECTIVES: tuple[str, ...] = ("diffusion", "flow_matching")
 _PROCESS = {"diffusion": "vp", "flow_matching": "flow"}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class MLPConfig:
+    """The seed's MLP denoiser: [conditioning, step embedding, flattened noisy chunk] through
+    `hidden_dims` (Mish) to the chunk (`dpjax.nets.MLPDenoiser`)."""
+
+    name: typing.ClassVar[str] = "mlp"
+    hidden_dims: tuple[int, ...] = (512, 512, 256)
+    step_embed_dim: int = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class UNet1DConfig:
+    """Diffusion Policy's ConditionalUnet1D: Conv1d residual blocks at widths `down_dims`,
+    FiLM from [step embedding, conditioning], GroupNorm of `n_groups` (`dpjax.nets`)."""
+
+    name: typing.ClassVar[str] = "unet1d"
+    down_dims: tuple[int, ...] = (256, 512, 1024)
+    kernel_size: int = 5
+    n_groups: int = 8
+    step_embed_dim: int = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """Action tokens that self-attend (optionally causally) and cross-attend to the observation
+    tokens; `width` is the token width of the encoder too (`dpjax.nets.TransformerDenoiser`)."""
+
+    name: typing.ClassVar[str] = "transformer"
+    width: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    causal: bool = False
+
+
+DenoiserConfig = MLPConfig | UNet1DConfig | TransformerConfig
+# A denoiser's registry name -> its config ("mlp", "unet1d", "transformer"; as dpjax.nets).
+DENOISER_CONFIGS: dict[str, type] = {c.name: c for c in typing.get_args(DenoiserConfig)}
+
+
+@dataclasses.dataclass(frozen=True)
+class BCHeadConfig:
+    """The regression head of a BC policy (kind="bc"): an MLP of `hidden_dims`. With
+    `num_hypotheses` K > 1 it proposes K chunks and a categorical over them (multiple-
+    hypothesis prediction) and draws one per call, which can keep several modes apart."""
+
+    hidden_dims: tuple[int, ...] = (512, 512, 256)
+    num_hypotheses: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,22 +103,12 @@ class PolicyConfig:
     # Training-time augmentation: Gaussian noise of this std added to every normalized
     # ([-1, 1]) low-dim observation, against overfitting a few hundred demonstrations.
     obs_noise_std: float = 0.0
-    # Denoiser: "mlp" | "unet1d" | "transformer", and the sizes each one reads.
-    denoiser: str = "unet1d"
-    down_dims: tuple[int, ...] = (256, 512, 1024)
-    kernel_size: int = 5
-    n_groups: int = 8
-    step_embed_dim: int = 128
-    hidden_dims: tuple[int, ...] = (512, 512, 256)
-    width: int = 256
-    num_layers: int = 4
-    num_heads: int = 4
-    causal: bool = False
+    # The network after the encoder: a diffusion policy's denoiser (`--set
+    # policy.denoiser=mlp` switches to that denoiser's defaults, `policy.denoiser.FIELD=...`
+    # sets one of its sizes) or a BC policy's head.
+    denoiser: DenoiserConfig = UNet1DConfig()
+    bc_head: BCHeadConfig = BCHeadConfig()
     dtype: str = "float32"
-    # BC head (kind="bc", sized by hidden_dims): 1 regresses one chunk (the mean of the
-    # demonstrations); K > 1 proposes K chunks and a categorical over them (multiple-
-    # hypothesis prediction) and draws one per call, which can keep several modes apart.
-    num_hypotheses: int = 1
     # Diffusion process and training objective. flow_matching: the time input is s * T for
     # s in [0, 1], prediction_type "velocity" or "sample" (x0), a flow sampler
     # (flow_euler, flow_midpoint); beta_schedule and loss_weighting do not apply.
@@ -105,15 +143,23 @@ class PolicyConfig:
             raise ConfigError("a policy needs at least one observation key")
         if not self.obs_noise_std >= 0:
             raise ConfigError(f"obs_noise_std must be >= 0, got {self.obs_noise_std}")
-        if not (isinstance(self.num_hypotheses, int) and self.num_hypotheses >= 1):
+        k = self.bc_head.num_hypotheses
+        if not (isinstance(k, int) and k >= 1):
+            raise ConfigError(f"bc_head.num_hypotheses must be an integer >= 1, got {k!r}")
+        if self.kind == "diffusion" and k != 1:
+            raise ConfigError("bc_head.num_hypotheses is a setting of the BC head (kind='bc'); "
+                              "a diffusion policy draws its modes from noise")  # fmt: skip
+        if isinstance(self.denoiser, str):
+            if self.denoiser not in DENOISER_CONFIGS:
+                raise unknown_name("denoiser", self.denoiser, DENOISER_CONFIGS)
             raise ConfigError(
-                f"num_hypotheses must be an integer >= 1, got {self.num_hypotheses!r}"
+                f"denoiser={self.denoiser!r} is a name: give its config, "
+                f"{DENOISER_CONFIGS[self.denoiser].__name__}() (by name only in --set "
+                f"policy.denoiser={self.denoiser})"
             )
-        if self.kind == "diffusion" and self.num_hypotheses != 1:
-            raise ConfigError("num_hypotheses is a setting of the BC head (kind='bc'); a "
-                              "diffusion policy draws its modes from noise")  # fmt: skip
-        if self.kind == "diffusion" and self.denoiser not in DENOISERS:
-            raise unknown_name("denoiser", self.denoiser, DENOISERS)
+        if not isinstance(self.denoiser, tuple(DENOISER_CONFIGS.values())):
+            names = ", ".join(c.__name__ for c in DENOISER_CONFIGS.values())
+            raise ConfigError(f"denoiser must be one of {names}, got {self.denoiser!r}")
         if self.kind == "diffusion":
             if self.objective not in OBJECTIVES:
                 raise unknown_name("objective", self.objective, OBJECTIVES)
@@ -300,27 +346,73 @@ def _set_field(config: Any, path: list[str], text: str, full: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(config)}
     head = path[0]
     if head not in fields:
+        hint = ""
+        if getattr(type(config), "name", None) in DENOISER_CONFIGS:
+            hint = f" (the {type(config).name} denoiser's; set policy.denoiser=NAME to switch)"
         raise ConfigError(
-            f"unknown config field {full!r}; valid fields here: {', '.join(sorted(fields))}"
+            f"unknown config field {full!r}; valid fields here: {', '.join(sorted(fields))}{hint}"
         )
     current = getattr(config, head)
+    annotation = _resolved_hints(type(config))[head]
     if len(path) > 1:
         if not dataclasses.is_dataclass(current):
             raise ConfigError(f"config field {head!r} has no sub-fields (in {full!r})")
         value = _set_field(current, path[1:], text, full)
+    elif _named_choices(annotation):
+        value = _choose_named(annotation, text, current, full)
     else:
         if dataclasses.is_dataclass(current):
             raise ConfigError(f"{full!r} is a group of fields; set one of its fields instead")
-        value = _parse_value(text, _resolved_hints(type(config))[head], full)
+        value = _parse_value(text, annotation, full)
     return dataclasses.replace(config, **{head: value})
 
 
+def _named_choices(annotation: Any) -> dict[str, type]:
+    """{name: config class} when `annotation` is a union of named config dataclasses (the
+    denoiser's), else {}."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType) or not all(
+        dataclasses.is_dataclass(a) and isinstance(getattr(a, "name", None), str) for a in args
+    ):
+        return {}
+    return {a.name: a for a in args}
+
+
+def _choose_named(annotation: Any, name: str, current: Any, where: str) -> Any:
+    """The config named `name`: `current` itself when it already is that one (its sizes are
+    kept), else the named config's defaults."""
+    choices = _named_choices(annotation)
+    if name not in choices:
+        raise unknown_name(where.rsplit(".", 1)[-1], name, choices)
+    return current if type(current) is choices[name] else choices[name]()
+
+
 def to_dict(config: Any) -> dict[str, Any]:
-    return dataclasses.asdict(config)
+    """A JSON-able dict of a (nested) config; a named choice (the denoiser) carries its "name"."""
+    out = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            value = to_dict(value)
+            name = getattr(type(getattr(config, f.name)), "name", None)
+            if isinstance(name, str):
+                value = {"name": name, **value}
+        out[f.name] = _copy_lists(value)
+    return out
+
+
+def _copy_lists(value):
+    if isinstance(value, (list, tuple)):
+        return [_copy_lists(v) for v in value]
+    return value
 
 
 def from_dict(cls: type, data: Mapping[str, Any]) -> Any:
-    """Rebuilds a (nested) config dataclass from `to_dict` output; unknown keys -> ConfigError."""
+    """Rebuilds a (nested) config dataclass from `to_dict` output; unknown keys -> ConfigError.
+    A PolicyConfig stored before the denoiser had its own config (flat `hidden_dims`,
+    `down_dims`, ... beside `"denoiser": "mlp"`) is read too, so older runs still load."""
+    if cls is PolicyConfig and isinstance(data.get("denoiser"), str):
+        data = _nest_flat_policy(data)
     hints = _resolved_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
@@ -329,12 +421,39 @@ def from_dict(cls: type, data: Mapping[str, Any]) -> Any:
     kwargs = {}
     for name, value in data.items():
         annotation = hints[name]
-        if dataclasses.is_dataclass(annotation):
+        choices = _named_choices(annotation)
+        if choices and isinstance(value, Mapping):
+            value = dict(value)
+            chosen = value.pop("name", None)
+            if chosen not in choices:
+                raise unknown_name(f"{cls.__name__}.{name}", chosen, choices)
+            value = from_dict(choices[chosen], value)
+        elif dataclasses.is_dataclass(annotation):
             value = from_dict(annotation, value)
         elif isinstance(value, list):
             value = _lists_to_tuples(value)
         kwargs[name] = value
     return cls(**kwargs)
+
+
+# The denoiser and BC head sizes that PolicyConfig held flat before they had configs.
+_FLAT_POLICY_FIELDS = ("hidden_dims", "down_dims", "kernel_size", "n_groups", "step_embed_dim",
+                       "width", "num_layers", "num_heads", "causal", "num_hypotheses")  # fmt: skip
+
+
+def _nest_flat_policy(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A flat PolicyConfig dict (runs written before the per-denoiser configs) in the nested
+    form: the named denoiser takes the sizes it reads, the BC head its own."""
+    flat = {k: data[k] for k in _FLAT_POLICY_FIELDS if k in data}
+    nested = {k: v for k, v in data.items() if k not in flat}
+    name = data["denoiser"]
+    if name not in DENOISER_CONFIGS:
+        raise unknown_name("denoiser", name, DENOISER_CONFIGS)
+    own = {f.name for f in dataclasses.fields(DENOISER_CONFIGS[name])}
+    nested["denoiser"] = {"name": name, **{k: v for k, v in flat.items() if k in own}}
+    head = {f.name for f in dataclasses.fields(BCHeadConfig)}
+    nested["bc_head"] = {k: v for k, v in flat.items() if k in head}
+    return nested
 
 
 def _lists_to_tuples(value):

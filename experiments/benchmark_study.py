@@ -170,8 +170,8 @@ def recipe(config) -> dict[str, Any]:
     """What the results table says about how the policies were built and trained."""
     pc = config.policy
     return {
-        "denoiser": pc.denoiser,
-        "hidden_dims": list(pc.hidden_dims),
+        "denoiser": pc.denoiser.name,
+        "hidden_dims": list(getattr(pc.denoiser, "hidden_dims", pc.bc_head.hidden_dims)),
         "prediction_type": pc.prediction_type,
         "sampler": pc.sampler,
         "num_inference_steps": pc.num_inference_steps,

@@ -139,7 +139,7 @@ def main(argv=None) -> int:
         policy, _, _ = load_policy(run)
         c = policy.config
         described.append(
-            f"`{run}`: {c.denoiser} denoiser, {c.sampler} {c.num_inference_steps} steps, "
+            f"`{run}`: {c.denoiser.name} denoiser, {c.sampler} {c.num_inference_steps} steps, "
             f"chunks of L = {policy.plan_length} actions from the current step, s = {s} executed"
         )
         listed = own or args.delays

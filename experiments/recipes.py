@@ -30,10 +30,17 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
+
+def _widths(dims: str) -> tuple[str, str]:
+    """Overrides giving the MLP denoiser and the BC head the widths `dims` (one flat
+    `policy.hidden_dims` set both before the denoiser had its own config)."""
+    return f"policy.denoiser.hidden_dims={dims}", f"policy.bc_head.hidden_dims={dims}"
+
+
 # The shipped demo recipe (dpjax demo's diffusion policy) as overrides on the cup's
 # exploration base, and the 4000-step budget the BC sweep used.
 _DEMO = ("policy.pred_horizon=24", "policy.action_horizon=23",
-         "policy.hidden_dims=(1024,1024,512)")  # fmt: skip
+         *_widths("(1024,1024,512)"))  # fmt: skip
 _BC = (*_DEMO, "num_steps=4000", "eval_every=1000", "checkpoint_every=1000")
 # The PushT variants before the shipped recipe moved to 150k steps with rollouts: its earlier
 # 30k-step size, DDPM 100 by default, pinned so that their recorded cells stay reproducible.
@@ -81,7 +88,7 @@ VARIANTS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
         # BC with the demo's horizons; its settings chosen on validation loss.
         "bc_lr1e-3": ("BC, demo settings: lr 1e-3, 1024-1024-512", (*_BC, "policy.kind=bc")),
         "bc_narrow": ("BC, lr 1e-3, 512-512-256", (*_BC, "policy.kind=bc",
-                      "policy.hidden_dims=(512,512,256)")),
+                      *_widths("(512,512,256)"))),
         "bc_lr3e-4": ("BC, lr 3e-4, 1024-1024-512", (*_BC, "policy.kind=bc",
                       "optim.learning_rate=3e-4")),
         "bc_lr1e-4": ("BC, lr 1e-4, 1024-1024-512", (*_BC, "policy.kind=bc",
@@ -101,10 +108,10 @@ VARIANTS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
                     "policy.action_horizon=8", "policy.obs_noise_std=0.1")),
         "wide_noise05": ("noise05 with a 1024-1024-512 MLP", (*_PUSHT_30K, "policy.pred_horizon=16",
                          "policy.action_horizon=8", "policy.obs_noise_std=0.05",
-                         "policy.hidden_dims=(1024,1024,512)")),
+                         *_widths("(1024,1024,512)"))),
         "unet32_noise05": ("noise05 with a UNet (32, 64, 128), 10k steps", (
             *_PUSHT_30K, "policy.pred_horizon=16", "policy.action_horizon=8", "policy.obs_noise_std=0.05",
-            "policy.denoiser=unet1d", "policy.down_dims=(32,64,128)", "num_steps=10000")),
+            "policy.denoiser=unet1d", "policy.denoiser.down_dims=(32,64,128)", "num_steps=10000")),
         "obs4_noise05": ("noise05 observing 4 steps instead of 2", (*_PUSHT_30K,
                          "policy.pred_horizon=16", "policy.action_horizon=8",
                          "policy.obs_noise_std=0.05", "policy.obs_horizon=4")),
@@ -159,7 +166,7 @@ def base_config(task: str, dataset: Path, seed: int):
         # demo's recipe moves: the cup recipe at 6000 steps with the seed's 512-512-256 MLP.
         return apply_overrides(
             recipe(dataset, "diffusion", "mlp", 6000, seed),
-            ["num_steps=6000", "policy.hidden_dims=(512,512,256)"],
+            ["num_steps=6000", *_widths("(512,512,256)")],
         )
     from dpjax.config import load_config_file
 

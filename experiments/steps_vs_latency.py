@@ -108,7 +108,7 @@ def describe_run(run_dir: Path) -> str:
     config = load_run_config(run_dir)
     p = config.policy
     return (
-        f"{run_dir}: {p.denoiser} denoiser predicting {p.prediction_type}, {p.beta_schedule} "
+        f"{run_dir}: {p.denoiser.name} denoiser predicting {p.prediction_type}, {p.beta_schedule} "
         f"schedule with T={p.num_train_timesteps}, clip {p.clip_sample}, "
         f"{p.timestep_spacing} spacing; {config.num_steps} training steps at batch "
         f"{config.batch_size}"
@@ -226,7 +226,7 @@ def method_variant(config, metadata) -> str:
         times = mode_seeking["max_time"]
         window = "" if times == ModeSeeking().max_time else f", t <= {times:g} T"
         return f" + mode seeking {mode_seeking['weight']:g}{window}"
-    k = config.policy.num_hypotheses
+    k = config.policy.bc_head.num_hypotheses
     return f" ({k} hypotheses)" if config.policy.kind == "bc" and k > 1 else ""
 
 
@@ -276,7 +276,7 @@ def describe_any_run(run_dir: Path, method: str, variant: str = "") -> str:
 
     c = load_run_config(run_dir)
     p = c.policy
-    net = p.denoiser if p.kind == "diffusion" else f"MLP head {tuple(p.hidden_dims)}"
+    net = p.denoiser.name if p.kind == "diffusion" else f"MLP head {p.bc_head.hidden_dims}"
     what = {"diffusion": f"diffusion ({p.prediction_type}, T={p.num_train_timesteps})",
             "flow": f"flow matching ({p.prediction_type}, {p.timestep_sampling} times)"}.get(
                 method, method)  # fmt: skip

@@ -211,14 +211,15 @@ def test_broken_lerobot_datasets_are_named_and_leave_the_target_alone(tmp_path):
 
 
 def test_an_imported_lerobot_dataset_trains(tmp_path):
-    from dpjax.config import PolicyConfig, TrainConfig
+    from dpjax.config import MLPConfig, PolicyConfig, TrainConfig
     from dpjax.training.loop import train
 
     write_v3(tmp_path / "lerobot")
     data = import_lerobot(tmp_path / "lerobot", tmp_path / "data")
     # State only: training on image keys is the PushT pixel recipe's test.
     policy = PolicyConfig(action_dim=2, low_dim_keys=("state",), obs_horizon=2, pred_horizon=4,
-                          action_horizon=2, hidden_dims=(16,), low_dim_features=8)  # fmt: skip
+                          action_horizon=2, denoiser=MLPConfig(hidden_dims=(16,)),
+                          low_dim_features=8)  # fmt: skip
     config = TrainConfig(dataset=str(data), policy=policy, batch_size=4, num_steps=2,
                          log_every=1, eval_every=2, checkpoint_every=2, val_fraction=0.5)  # fmt: skip
     train(config, tmp_path / "run", progress=False)

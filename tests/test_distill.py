@@ -105,7 +105,7 @@ def test_dpjax_distill_writes_students_that_load_and_evaluate(teacher, tmp_path,
     assert meta["distillation"]["denoiser_evaluations_per_chunk"] == 4
     assert meta["step"] == 3
     bc_policy, _, bc_meta = load_policy(bc)
-    assert bc_policy.config.kind == "bc" and bc_policy.config.hidden_dims == (32, 32)
+    assert bc_policy.config.kind == "bc" and bc_policy.config.bc_head.hidden_dims == (32, 32)
     assert bc_meta["distillation"]["method"] == "bc"
     assert cli.main(["eval", str(consistency), "--episodes", "3"]) == 0
     result = json.loads(next((consistency / "eval").glob("eval_*.json")).read_text())

@@ -14,7 +14,8 @@ from dpjax.envs.tasks import make_task
 from dpjax.training.loop import train
 
 TINY = ["num_steps=4", "batch_size=8", "log_every=2", "eval_every=4", "checkpoint_every=4",
-        "policy.hidden_dims=(32,32)", "policy.low_dim_features=8", "val_fraction=0.5"]  # fmt: skip
+        "policy.denoiser.hidden_dims=(32,32)", "policy.bc_head.hidden_dims=(32,32)",
+        "policy.low_dim_features=8", "val_fraction=0.5"]  # fmt: skip
 
 
 def tiny_run(dataset, run_dir, *overrides):
@@ -103,7 +104,7 @@ def test_execution_modes_through_eval_and_the_studies(tmp_path, capsys):
     assert page.count("| multimodal | 8 | 5 |") == 3  # the 3 modes at delay 5
     cells = json.loads((tmp_path / "work" / "cells.json").read_text())
     assert len(cells) == 3
-    bc = tiny_run(data, tmp_path / "bc", "policy.kind=bc", "policy.num_hypotheses=2")
+    bc = tiny_run(data, tmp_path / "bc", "policy.kind=bc", "policy.bc_head.num_hypotheses=2")
     argv = ["--runs", str(run), str(bc), "--steps", "2", "--work", str(tmp_path / "w2"),
             "--results", str(results), "--eval-episodes", "4", "--name", "methods"]  # fmt: skip
     assert steps_vs_latency.main(argv) == 0

@@ -18,8 +18,8 @@ def test_pusht_recipes_load_by_name_and_variant():
         cpu, paper = load_config_file(name), load_config_file(f"{name}:PAPER")
         assert isinstance(cpu, TrainConfig) and isinstance(paper, TrainConfig)
         # PAPER is Diffusion Policy's configuration, not the CPU recipe renamed.
-        assert paper.policy.denoiser == "unet1d"
-        assert paper.policy.down_dims == (256, 512, 1024)
+        assert paper.policy.denoiser.name == "unet1d"
+        assert paper.policy.denoiser.down_dims == (256, 512, 1024)
         assert (paper.policy.prediction_type, paper.policy.sampler) == ("epsilon", "ddpm")
         assert paper.policy.num_inference_steps == paper.policy.num_train_timesteps == 100
         assert (paper.policy.obs_horizon, paper.policy.pred_horizon) == (2, 16)

@@ -118,7 +118,7 @@ def training_fields(config) -> dict:
 def test_the_measured_pusht_variants_train_what_they_say(tmp_path):
     """unet32_noise05's cells are the shipped PushT recipe's training; mlp_150k rebuilds the
     MLP recipe shipped before it."""
-    from dpjax.config import apply_overrides
+    from dpjax.config import MLPConfig, apply_overrides
 
     recipes = load_recipes()
     base = recipes.base_config("pusht", tmp_path, 0)  # the shipped pusht_keypoints CONFIG
@@ -129,11 +129,7 @@ def test_the_measured_pusht_variants_train_what_they_say(tmp_path):
 
     _, overrides = recipes.VARIANTS["pusht"]["mlp_150k"]
     mlp = apply_overrides(base, overrides)
-    assert (mlp.policy.denoiser, mlp.policy.hidden_dims, mlp.num_steps) == (
-        "mlp",
-        (512, 512, 256),
-        150_000,
-    )
+    assert (mlp.policy.denoiser, mlp.num_steps) == (MLPConfig(hidden_dims=(512, 512, 256)), 150_000)
     assert (mlp.policy.prediction_type, mlp.policy.obs_noise_std, mlp.batch_size) == (
         "sample",
         0.05,
@@ -142,7 +138,7 @@ def test_the_measured_pusht_variants_train_what_they_say(tmp_path):
     # The 30k-step MLP variants stay MLPs whatever the shipped denoiser.
     for name in ("mlp_x0", "noise05", "obs4_noise05", "dart10_noise05", "ah4_60k"):
         _, overrides = recipes.VARIANTS["pusht"][name]
-        assert apply_overrides(base, overrides).policy.denoiser == "mlp", name
+        assert apply_overrides(base, overrides).policy.denoiser.name == "mlp", name
 
 
 def test_an_interrupted_cell_resumes_its_run_instead_of_retraining(tmp_path, monkeypatch):
@@ -157,7 +153,7 @@ def test_an_interrupted_cell_resumes_its_run_instead_of_retraining(tmp_path, mon
     assert cli_main(["collect", "multimodal", "--episodes", "12", "--out", str(data)]) == 0
     tiny = ["num_steps=8", "log_every=2", "eval_every=4", "checkpoint_every=4",
             "rollout_every=4", "rollout_episodes=4", "policy.num_inference_steps=2",
-            "policy.hidden_dims=(32,32)"]  # fmt: skip
+            "policy.denoiser.hidden_dims=(32,32)"]  # fmt: skip
     monkeypatch.setitem(recipes.VARIANTS["cup"], "tiny", ("a tiny run", tuple(tiny)))
     real_evaluate_cell = recipes.evaluate_cell
     monkeypatch.setattr(recipes, "evaluate_cell", lambda *a, **k: {})

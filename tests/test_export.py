@@ -37,7 +37,9 @@ def observation(policy, batch, seed):
 @pytest.mark.parametrize("denoiser", ["mlp", "unet1d"])
 def test_exported_policy_runs_with_jax_alone_and_matches_load_policy(data, tmp_path, denoiser):
     overrides = (
-        ["policy.denoiser=unet1d", "policy.down_dims=(8,16)"] if denoiser == "unet1d" else []
+        ["policy.denoiser=unet1d", "policy.denoiser.down_dims=(8,16)"]
+        if denoiser == "unet1d"
+        else []
     )
     run = tiny_run(data, tmp_path / "run", *overrides)
     out = tmp_path / "policy.dpjax"

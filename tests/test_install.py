@@ -42,7 +42,7 @@ def test_wheel_ships_the_configs_and_an_installed_dpjax_loads_them(tmp_path):
         "print(dpjax.__file__)\n"
         "for name in c.config_names():\n"
         "    print(name, c.load_config_file(name).policy.kind)\n"
-        "print('PAPER', c.load_config_file('pusht_keypoints:PAPER').policy.denoiser)\n"
+        "print('PAPER', c.load_config_file('pusht_keypoints:PAPER').policy.denoiser.name)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(site)}
     out = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, env=env,

@@ -16,8 +16,8 @@ SMALL = dict(
     obs_horizon=1,
     pred_horizon=4,
     action_horizon=4,
-    denoiser="mlp",
-    hidden_dims=(256, 256),
+    denoiser=C.MLPConfig(hidden_dims=(256, 256)),
+    bc_head=C.BCHeadConfig(hidden_dims=(256, 256)),
     low_dim_features=None,
 )
 
@@ -83,11 +83,13 @@ def test_diffusion_reproduces_three_modes_and_bc_collapses(three_modes):
 
 
 def test_multiple_hypothesis_bc_keeps_the_three_modes_apart(three_modes):
-    """num_hypotheses=4: the head's candidates land on the modes and sampling its categorical
+    """bc_head.num_hypotheses=4: the head's candidates land on the modes and sampling its categorical
     draws them at the demonstrations' frequencies, where one regressed chunk (the test above)
     sits between them; without a key the most probable candidate (north) is taken."""
     episodes, normalizer, spec = three_modes
-    policy = P.make_policy(C.PolicyConfig(kind="bc", num_hypotheses=4, **SMALL), normalizer, spec)
+    head = C.BCHeadConfig(hidden_dims=(256, 256), num_hypotheses=4)
+    config = C.PolicyConfig(**{**SMALL, "kind": "bc", "bc_head": head})
+    policy = P.make_policy(config, normalizer, spec)
     state, metrics = train_policy(policy, episodes)
     assert float(metrics["cross_entropy"]) < 1.2  # below log 4 = 1.39: it learned the weights
     observation = {"state": jnp.zeros((2000, 1, 3))}
@@ -102,10 +104,10 @@ def test_multiple_hypothesis_bc_keeps_the_three_modes_apart(three_modes):
 
 
 def test_num_hypotheses_is_validated():
-    with pytest.raises(ConfigError, match="num_hypotheses must be an integer >= 1"):
-        C.PolicyConfig(kind="bc", num_hypotheses=0).validate()
+    with pytest.raises(ConfigError, match="bc_head.num_hypotheses must be an integer >= 1"):
+        C.PolicyConfig(kind="bc", bc_head=C.BCHeadConfig(num_hypotheses=0)).validate()
     with pytest.raises(ConfigError, match="setting of the BC head"):
-        C.PolicyConfig(num_hypotheses=2).validate()
+        C.PolicyConfig(bc_head=C.BCHeadConfig(num_hypotheses=2)).validate()
 
 
 def test_any_sampler_at_inference_without_retraining(three_modes):
@@ -170,13 +172,13 @@ def test_other_denoisers_train_step(three_modes, denoiser):
     config = C.PolicyConfig(
         **{
             **SMALL,
-            "denoiser": denoiser,
+            "denoiser": {
+                "unet1d": C.UNet1DConfig(down_dims=(32, 64)),
+                "transformer": C.TransformerConfig(width=32, num_layers=1),
+            }[denoiser],
             "obs_horizon": 2,
             "pred_horizon": 8,
             "action_horizon": 4,
-            "down_dims": (32, 64),
-            "width": 32,
-            "num_layers": 1,
             "low_dim_features": 16,
         }
     )

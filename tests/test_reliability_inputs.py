@@ -19,7 +19,7 @@ import pytest
 
 from dpjax import samplers, schedules
 from dpjax.cli import main as cli_main
-from dpjax.config import OptimConfig, PolicyConfig, TrainConfig
+from dpjax.config import MLPConfig, OptimConfig, PolicyConfig, TrainConfig
 from dpjax.data import load_dataset, write_dataset
 from dpjax.data.synthetic import three_mode_episodes
 from dpjax.errors import (
@@ -43,10 +43,8 @@ def tiny_config(dataset_dir, **overrides) -> TrainConfig:
         obs_horizon=2,
         pred_horizon=4,
         action_horizon=2,
-        denoiser="mlp",
-        hidden_dims=(16,),
+        denoiser=MLPConfig(hidden_dims=(16,), step_embed_dim=8),
         low_dim_features=None,
-        step_embed_dim=8,
         num_inference_steps=2,
     )
     base = TrainConfig(
@@ -75,7 +73,8 @@ def config_file(dataset_dir, tmp_path_factory):
     path = tmp_path_factory.mktemp("cfg") / "tiny.py"
     config = tiny_config(dataset_dir)
     path.write_text(
-        f"from dpjax.config import OptimConfig, PolicyConfig, TrainConfig\nCONFIG = {config!r}\n"
+        f"from dpjax.config import BCHeadConfig, MLPConfig, OptimConfig, PolicyConfig, TrainConfig\n"
+        f"CONFIG = {config!r}\n"
     )
     return path
 
@@ -168,6 +167,7 @@ def test_unknown_names_and_impossible_configs_raise(trained):
         r"flow_midpoint, heun": dict(sampler="nope"),
         "unknown noise schedule 'nope'; valid: linear": dict(beta_schedule="nope"),
         "unknown denoiser 'nope'; valid: mlp": dict(denoiser="nope"),
+        r"denoiser='mlp' is a name: give its config, MLPConfig\(\)": dict(denoiser="mlp"),
         r"num_inference_steps must be an int in \[1, 100\].*got 0": dict(num_inference_steps=0),
         r"num_inference_steps must be an int in \[1, 100\].*got 101": dict(num_inference_steps=101),
         "action_horizon": dict(action_horizon=5),  # > pred_horizon 4
@@ -371,7 +371,7 @@ def test_incompatible_config(run_dir, tmp_path, capsys):
     run = copy_run(run_dir, tmp_path)
     config_path = run / "config.json"
     config = json.loads(config_path.read_text())
-    config["policy"]["hidden_dims"] = [32]
+    config["policy"]["denoiser"]["hidden_dims"] = [32]
     config_path.write_text(json.dumps(config))
     message = "does not match the expected state (incompatible config?)"
     cli_error(capsys, ["train", "--resume", run], message)
@@ -379,7 +379,7 @@ def test_incompatible_config(run_dir, tmp_path, capsys):
     for path in (run / "checkpoints" / "2").rglob("*"):
         if path.is_file() and path.parent.name == "metadata" and path.name == "metadata":
             metadata = json.loads(path.read_text())
-            metadata["config"]["policy"]["hidden_dims"] = [32]
+            metadata["config"]["policy"]["denoiser"]["hidden_dims"] = [32]
             path.write_text(json.dumps(metadata))
     with pytest.raises(CheckpointError, match=re.escape(message)):
         load_policy(run)

@@ -17,7 +17,7 @@ from dpjax.cli import main as cli_main
 from dpjax.config import OptimConfig, PolicyConfig, TrainConfig
 from dpjax.data import write_dataset
 from dpjax.data.synthetic import three_mode_episodes
-from dpjax.errors import ConfigError
+from dpjax.errors import ConfigError, UnknownNameError
 from dpjax.policy import load_policy
 from dpjax.training.logs import read_metrics
 from dpjax.training.loop import train
@@ -36,8 +36,7 @@ def tiny_config(dataset_dir, **overrides) -> TrainConfig:
         obs_horizon=2,
         pred_horizon=4,
         action_horizon=2,
-        denoiser="mlp",
-        hidden_dims=(64, 64),
+        denoiser=config_lib.MLPConfig(hidden_dims=(64, 64)),
         low_dim_features=8,
         num_inference_steps=4,
     )
@@ -67,16 +66,26 @@ def test_overrides_parse_by_field_type(dataset_dir):
         [
             "num_steps=7",
             "policy.denoiser=unet1d",
-            "policy.down_dims=(8, 16)",
+            "policy.denoiser.down_dims=(8, 16)",
             "policy.clip_sample=none",
             "optim.learning_rate=3e-4",
-            "policy.causal=true",
+            "policy.bc_head.num_hypotheses=3",
             "num_devices=2",
         ],
     )
-    assert new.num_steps == 7 and new.policy.denoiser == "unet1d"
-    assert new.policy.down_dims == (8, 16) and new.policy.clip_sample is None
-    assert new.optim.learning_rate == 3e-4 and new.policy.causal is True and new.num_devices == 2
+    assert new.num_steps == 7 and new.policy.denoiser == config_lib.UNet1DConfig(down_dims=(8, 16))
+    assert new.policy.clip_sample is None and new.policy.bc_head.num_hypotheses == 3
+    assert new.optim.learning_rate == 3e-4 and new.num_devices == 2
+    # Naming the denoiser it already is keeps its sizes; another name takes that one's defaults.
+    assert config_lib.apply_overrides(new, ["policy.denoiser=unet1d"]) == new
+    tf = config_lib.apply_overrides(new, ["policy.denoiser=transformer",
+                                          "policy.denoiser.causal=true"])  # fmt: skip
+    assert tf.policy.denoiser == config_lib.TransformerConfig(causal=True)
+    with pytest.raises(ConfigError, match=r"'policy.denoiser.causal'; valid fields here: "
+                       r"down_dims, .*unet1d denoiser's; set policy.denoiser=NAME"):  # fmt: skip
+        config_lib.apply_overrides(new, ["policy.denoiser.causal=true"])
+    with pytest.raises(UnknownNameError, match="unknown denoiser 'mpl'; valid: mlp"):
+        config_lib.apply_overrides(new, ["policy.denoiser=mpl"])
     with pytest.raises(ConfigError, match="unknown config field 'policy.denoisr'.*denoiser"):
         config_lib.apply_overrides(config, ["policy.denoisr=mlp"])
     with pytest.raises(ConfigError, match="expected int"):
@@ -85,6 +94,39 @@ def test_overrides_parse_by_field_type(dataset_dir):
         config_lib.apply_overrides(config, ["num_steps"])
     round_trip = config_lib.from_dict(TrainConfig, json.loads(json.dumps(config_lib.to_dict(new))))
     assert round_trip == new
+
+
+def test_a_flat_policy_config_of_an_older_run_loads_nested():
+    """Runs written before the per-denoiser configs stored the sizes flat beside the denoiser's
+    name: each goes to the denoiser that reads it, the BC head keeps its own."""
+    flat = config_lib.to_dict(PolicyConfig())
+    flat.pop("bc_head")
+    flat.update(denoiser="transformer", width=64, num_layers=2, num_heads=2, causal=True,
+                hidden_dims=[32, 32], down_dims=[8, 16], kernel_size=3, n_groups=4,
+                step_embed_dim=16, num_hypotheses=3)  # fmt: skip
+    policy = config_lib.from_dict(PolicyConfig, flat)
+    assert policy.denoiser == config_lib.TransformerConfig(64, 2, 2, True)
+    assert policy.bc_head == config_lib.BCHeadConfig((32, 32), 3)
+    flat["denoiser"] = "mlp"
+    assert config_lib.from_dict(PolicyConfig, flat).denoiser == config_lib.MLPConfig((32, 32), 16)
+    flat["denoiser"] = "unet1d"
+    unet = config_lib.from_dict(PolicyConfig, flat).denoiser
+    assert unet == config_lib.UNet1DConfig((8, 16), 3, 4, 16)
+    with pytest.raises(UnknownNameError, match="unknown denoiser 'resnet'"):
+        config_lib.from_dict(PolicyConfig, {**flat, "denoiser": "resnet"})
+    nested = config_lib.to_dict(PolicyConfig())
+    with pytest.raises(UnknownNameError, match="unknown PolicyConfig.denoiser 'mpl'"):
+        config_lib.from_dict(PolicyConfig, {**nested, "denoiser": {"name": "mpl"}})
+
+
+def test_each_denoiser_config_names_its_network_and_its_fields():
+    """Every denoiser of dpjax.nets has a config of the same name whose fields it takes."""
+    from dpjax.nets import DENOISERS
+
+    assert set(config_lib.DENOISER_CONFIGS) == set(DENOISERS)
+    for name, cls in config_lib.DENOISER_CONFIGS.items():
+        module_fields = {f.name for f in dataclasses.fields(DENOISERS[name])}
+        assert {f.name for f in dataclasses.fields(cls)} <= module_fields, name
 
 
 def test_train_writes_run_and_restores_identical_policy(dataset_dir, tmp_path):
@@ -126,10 +168,10 @@ def test_existing_run_is_refused_and_cli_errors_are_one_line(dataset_dir, tmp_pa
     config_file.write_text(
         textwrap.dedent(f"""
         from dpjax.config import TrainConfig
-        from dpjax.config import PolicyConfig
+        from dpjax.config import MLPConfig, PolicyConfig
         CONFIG = TrainConfig(dataset={str(dataset_dir)!r}, policy=PolicyConfig(
-            action_dim=2, obs_horizon=1, pred_horizon=2, action_horizon=2, denoiser="mlp",
-            hidden_dims=(16,), low_dim_features=None, num_inference_steps=2),
+            action_dim=2, obs_horizon=1, pred_horizon=2, action_horizon=2,
+            denoiser=MLPConfig(hidden_dims=(16,)), low_dim_features=None, num_inference_steps=2),
             batch_size=8, num_steps=2, log_every=1, eval_every=2, checkpoint_every=2)
     """)
     )
@@ -157,7 +199,7 @@ episodes = three_mode_episodes(30, seed=0)
 stats = compute_stats(episodes)
 normalizer = Normalizer.from_stats(stats, ["action", "observation/state"])
 config = C.PolicyConfig(action_dim=2, obs_horizon=2, pred_horizon=8, action_horizon=4,
-                        denoiser="mlp", hidden_dims=(64, 64), low_dim_features=8)
+                        denoiser=C.MLPConfig(hidden_dims=(64, 64)), low_dim_features=8)
 policy = P.make_policy(config, normalizer, P.observation_spec_from_stats(stats, ["state"]))
 host_data = make_window_data(episodes, obs_horizon=2, pred_horizon=8, action_horizon=4)
 optim = C.OptimConfig(learning_rate=1e-3, warmup_steps=2)

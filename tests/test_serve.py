@@ -212,7 +212,7 @@ def pusht_run(tmp_path_factory):
                      "--task-option", "obs_type=keypoints"]) == 0  # fmt: skip
     sets = [f"dataset={tmp / 'data'}", "num_steps=3", "batch_size=8", "eval_every=3",
             "checkpoint_every=3", "val_fraction=0.5", "rollout_every=0",
-            "policy.denoiser=mlp", "policy.hidden_dims=(32,32)"]  # fmt: skip
+            "policy.denoiser=mlp", "policy.denoiser.hidden_dims=(32,32)"]  # fmt: skip
     assert cli.main(["train", "pusht_keypoints", "--out", str(tmp / "run"),
                      *[a for s in sets for a in ("--set", s)]]) == 0  # fmt: skip
     return tmp / "run"

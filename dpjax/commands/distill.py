@@ -12,7 +12,7 @@ Trains a student of a trained diffusion (or flow matching) policy into a run dir
                it picks a mode where the regression blurs between them.
   bc           one forward pass: a regression head fitting the teacher's sampled chunks;
                the backup of a FallbackPolicy (`dpjax serve --fallback STUDENT_RUN`).
-               --set policy.num_hypotheses=K: K candidate chunks and a categorical over
+               --set policy.bc_head.num_hypotheses=K: K candidate chunks and a categorical over
                them, one drawn per call (keeps a multimodal teacher's modes apart).
 
 The teacher's dataset (from its config) supplies the observations; any student field can be

@@ -10,7 +10,25 @@ cup`); `recipe(...)` builds it for another dataset, policy kind, denoiser or len
 
 from pathlib import Path
 
-from dpjax.config import OptimConfig, PolicyConfig, TrainConfig
+from dpjax.config import (
+    BCHeadConfig,
+    MLPConfig,
+    OptimConfig,
+    PolicyConfig,
+    TrainConfig,
+    TransformerConfig,
+    UNet1DConfig,
+)
+from dpjax.errors import unknown_name
+
+# The cup recipe's sizes of each denoiser. The MLP is twice the seed's 512-512-256: the
+# narrower one under-drew the rare south approach (0.09 of episodes against the expert's
+# 0.14; experiments/results/cup.md). The BC baseline's head has the MLP's widths.
+CUP_DENOISERS = {
+    "mlp": MLPConfig(hidden_dims=(1024, 1024, 512)),
+    "unet1d": UNet1DConfig(down_dims=(64, 128, 256)),
+    "transformer": TransformerConfig(width=128, num_layers=3),
+}
 
 
 def recipe(
@@ -21,6 +39,8 @@ def recipe(
     seed: int = 0,
 ) -> TrainConfig:
     """The cup recipe for `kind` ("diffusion" or "bc") with `denoiser`, as `dpjax demo` trains it."""
+    if denoiser not in CUP_DENOISERS:
+        raise unknown_name("denoiser", denoiser, CUP_DENOISERS)
     policy = PolicyConfig(
         kind=kind,
         action_dim=2,
@@ -33,13 +53,8 @@ def recipe(
         action_horizon=23,
         low_dim_keys=("state",),
         low_dim_features=64,
-        denoiser=denoiser,
-        # Twice the seed's 512-512-256: the narrower MLP under-drew the rare south approach
-        # (0.09 of episodes against the expert's 0.14; experiments/results/cup.md).
-        hidden_dims=(1024, 1024, 512),
-        down_dims=(64, 128, 256),
-        width=128,
-        num_layers=3,
+        denoiser=CUP_DENOISERS[denoiser],
+        bc_head=BCHeadConfig(hidden_dims=CUP_DENOISERS["mlp"].hidden_dims),
         # Predicting the clean chunk (x0) learned ~2x faster than epsilon here: at 3000 steps
         # 46-56% closed-loop success vs 25-35% (experiments/timestep_sampling.py compares them).
         prediction_type="sample",

@@ -15,7 +15,7 @@ several seconds on a 2-core CPU: a GPU job).
 
 import dataclasses
 
-from dpjax.config import OptimConfig, PolicyConfig, TrainConfig
+from dpjax.config import OptimConfig, PolicyConfig, TrainConfig, UNet1DConfig
 
 CONFIG = TrainConfig(
     dataset="data/pusht_kp",
@@ -34,10 +34,7 @@ CONFIG = TrainConfig(
         # conditioning, kernel 5. At 10k steps it scores 0.95 where the MLP denoiser
         # (512-512-256) plateaued at 0.76-0.87 whatever its training length, executed chunk or
         # checkpoint choice (experiments/results/pusht.md).
-        denoiser="unet1d",
-        down_dims=(32, 64, 128),
-        kernel_size=5,
-        n_groups=8,
+        denoiser=UNet1DConfig(down_dims=(32, 64, 128), kernel_size=5, n_groups=8),
         prediction_type="sample",
         # DDIM 10 by default: it scored at least as well as DDPM 100 (experiments/results/
         # pusht.md), 7x faster per chunk (`dpjax eval --sampler ddpm --steps 100` runs
@@ -67,11 +64,9 @@ PAPER = dataclasses.replace(
         CONFIG.policy,
         low_dim_features=None,  # Diffusion Policy feeds the normalized observation as is
         obs_noise_std=0.0,
-        denoiser="unet1d",
-        down_dims=(256, 512, 1024),
-        kernel_size=5,
-        n_groups=8,
-        step_embed_dim=256,
+        denoiser=UNet1DConfig(
+            down_dims=(256, 512, 1024), kernel_size=5, n_groups=8, step_embed_dim=256
+        ),  # fmt: skip
         prediction_type="epsilon",
         sampler="ddpm",
         num_inference_steps=100,

@@ -14,7 +14,7 @@ consistency: a 1-3 step diffusion student. The student learns the teacher's cons
     (x_s - endpoint) / s, sampled with flow_euler at 1 step).
 bc: a regression (BC) student fitting the teacher's sampled chunks (its default sampler) on
     the dataset's observations: one forward pass, the seed's "train small BC from diffusion",
-    and the backup of `dpjax.policy.fallback.FallbackPolicy`. With policy.num_hypotheses=K
+    and the backup of `dpjax.policy.fallback.FallbackPolicy`. With policy.bc_head.num_hypotheses=K
     (`--set`) its head proposes K chunks and draws one per call (a multimodal teacher's modes
     stay apart instead of being averaged).
 """
@@ -58,7 +58,8 @@ def student_config(
                 clip_sample=tp.clip_sample if tp.clip_sample is not None else 1.0,
             )  # fmt: skip
     elif method == "bc":
-        policy = dataclasses.replace(tp, kind="bc", hidden_dims=hidden_dims or (256, 256))
+        head = dataclasses.replace(tp.bc_head, hidden_dims=hidden_dims or (256, 256))
+        policy = dataclasses.replace(tp, kind="bc", bc_head=head)
     else:
         raise unknown_name("distillation method", method, DISTILL_METHODS)
     # In-training rollouts stay available (the loop runs them on the student's policy).

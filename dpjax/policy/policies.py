@@ -23,66 +23,38 @@ import jax.numpy as jnp
 import numpy as np
 
 from dpjax import losses, samplers, schedules
-from dpjax.config import DTYPES, POLICY_KINDS, PolicyConfig
+from dpjax.config import DTYPES, POLICY_KINDS, PolicyConfig, TransformerConfig, UNet1DConfig
 from dpjax.data import Normalizer
 from dpjax.data.features import ArraySpec
 from dpjax.errors import ConfigError, DataError, ShapeError, unknown_name
-from dpjax.nets import DENOISERS, BCHead, ObservationEncoder, make_denoiser
+from dpjax.nets import BCHead, ObservationEncoder, make_denoiser
 
 Observation = Mapping[str, jnp.ndarray]  # {key: (B, obs_horizon, *shape)}
 
 
 def _build_encoder(config: PolicyConfig) -> ObservationEncoder:
-    tokens = config.kind == "diffusion" and config.denoiser == "transformer"
+    tokens = config.kind == "diffusion" and isinstance(config.denoiser, TransformerConfig)
     return ObservationEncoder(
         low_dim_keys=config.low_dim_keys,
         image_keys=config.image_keys,
         output="tokens" if tokens else "vector",
         low_dim_features=config.low_dim_features,
         image_encoder=config.image_encoder,
-        token_dim=config.width,
+        token_dim=config.denoiser.width if tokens else ObservationEncoder.token_dim,
         crop_hw=config.crop_hw,
         dtype=DTYPES[config.dtype],
     )
 
 
 def _build_denoiser(config: PolicyConfig, cond_dim: int) -> nn.Module:
-    dtype = DTYPES[config.dtype]
-    if config.denoiser == "mlp":
-        return make_denoiser(
-            "mlp",
-            action_dim=config.action_dim,
-            pred_horizon=config.pred_horizon,
-            cond_dim=cond_dim,
-            hidden_dims=config.hidden_dims,
-            step_embed_dim=config.step_embed_dim,
-            dtype=dtype,
-        )
-    if config.denoiser == "unet1d":
-        return make_denoiser(
-            "unet1d",
-            action_dim=config.action_dim,
-            cond_dim=cond_dim,
-            down_dims=config.down_dims,
-            kernel_size=config.kernel_size,
-            n_groups=config.n_groups,
-            step_embed_dim=config.step_embed_dim,
-            dtype=dtype,
-        )
-    if config.denoiser == "transformer":
-        return make_denoiser(
-            "transformer",
-            action_dim=config.action_dim,
-            pred_horizon=config.pred_horizon,
-            cond_dim=cond_dim,
-            max_cond_tokens=max(32, 2 * config.obs_horizon * 8),
-            num_layers=config.num_layers,
-            width=config.width,
-            num_heads=config.num_heads,
-            causal=config.causal,
-            dtype=dtype,
-        )
-    raise unknown_name("denoiser", config.denoiser, DENOISERS)
+    """The denoiser `config.denoiser` names, with its sizes and the policy's shapes."""
+    d = config.denoiser
+    shapes = dict(action_dim=config.action_dim, cond_dim=cond_dim, dtype=DTYPES[config.dtype])
+    if not isinstance(d, UNet1DConfig):  # the UNet takes any horizon, the others a fixed one
+        shapes["pred_horizon"] = config.pred_horizon
+    if isinstance(d, TransformerConfig):
+        shapes["max_cond_tokens"] = max(32, 2 * config.obs_horizon * 8)
+    return make_denoiser(d.name, **shapes, **dataclasses.asdict(d))
 
 
 class PolicyNetwork(nn.Module):
@@ -96,12 +68,13 @@ class PolicyNetwork(nn.Module):
         if self.config.kind == "diffusion":
             self.denoiser = _build_denoiser(self.config, self.cond_dim)
         else:
+            head = self.config.bc_head
             self.head = BCHead(
                 self.config.pred_horizon,
                 self.config.action_dim,
-                self.config.hidden_dims,
+                head.hidden_dims,
                 DTYPES[self.config.dtype],
-                self.config.num_hypotheses,
+                head.num_hypotheses,
             )
 
     def encode(self, observation: Observation, train: bool = False) -> jnp.ndarray:
@@ -111,7 +84,7 @@ class PolicyNetwork(nn.Module):
         return self.denoiser(noisy_actions, timestep, cond)
 
     def regress(self, cond) -> tuple[jnp.ndarray, jnp.ndarray]:
-        """(chunks (B, K, H, A), logits (B, K)), K = config.num_hypotheses."""
+        """(chunks (B, K, H, A), logits (B, K)), K = config.bc_head.num_hypotheses."""
         return self.head(cond)
 
     def __call__(self, observation: Observation, noisy_actions, timestep):
@@ -398,7 +371,7 @@ class DiffusionPolicy(Policy):
 
 
 class BCPolicy(Policy):
-    """One forward pass a chunk. With num_hypotheses K > 1 the head proposes K chunks and a
+    """One forward pass a chunk. With bc_head.num_hypotheses K > 1 the head proposes K chunks and a
     categorical over them (fit by `losses.multi_hypothesis_loss`); each call draws one with
     its PRNG key (the most probable one without a key), so it can commit to one of several
     modes where a single regressed chunk averages them."""
