@@ -3,7 +3,8 @@
 A checkpoint is one orbax step directory holding three items: `state` (the pytree
 of arrays, written by `StandardSave`), `metadata` (the caller's JSON) and `layout`
 (our own JSON: leaf paths, shapes, dtypes, PRNG-key implementations, CRC32 of
-each leaf, the validation loss). Orbax writes a step into
+each leaf, the validation loss), plus orbax's own `metrics` (the validation loss) from which
+its BestN policy keeps the best step beside the latest ones. Orbax writes a step into
 `<step>.orbax-checkpoint-tmp*` and renames it when complete, so a killed
 process never leaves a step directory that `all_steps` would list; old steps are
 renamed into `.trash/` before being deleted for the same reason.
@@ -11,6 +12,7 @@ renamed into `.trash/` before being deleted for the same reason.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -173,7 +175,9 @@ def _fmt_shape(shape) -> str:
 
 class Checkpointer:
     """Keeps the last `max_to_keep` checkpoints under `directory/checkpoints` and (with
-    `keep_best`) the one with the lowest validation loss under `directory/best`.
+    `keep_best`) also the one with the lowest validation loss, wherever it falls: orbax's
+    own preservation policies (LatestN or BestN) decide what is kept, from the `val_loss`
+    metric orbax stores with each step.
 
     Saves are synchronous and atomic; restores check tree structure, shapes and dtypes
     against `abstract_state` and every leaf's CRC32 before returning.
@@ -199,27 +203,32 @@ class Checkpointer:
         self.read_only = read_only
         self._managers: dict[str, ocp.CheckpointManager] = {}
         self._managers[_CHECKPOINTS] = self._make_manager(
-            self.directory / _CHECKPOINTS, max_to_keep, read_only
+            self.directory / _CHECKPOINTS, max_to_keep, keep_best, read_only
         )
-        self._best_val_loss: float | None = None
-        if keep_best:
-            self._managers[_BEST] = self._make_manager(self.directory / _BEST, 1, read_only)
-            best_step = self._managers[_BEST].latest_step()
-            if best_step is not None:
-                try:
-                    layout = self._read_items(_BEST, best_step, (_LAYOUT,))[_LAYOUT]
-                    self._best_val_loss = layout.get("val_loss")
-                except CheckpointError as e:
-                    log.warning("ignoring unreadable best checkpoint: %s", e)
+        # Runs written before the best step lived among the others kept it in `best/`.
+        legacy = self.directory / _BEST
+        if keep_best and legacy.is_dir() and any(p.name.isdigit() for p in legacy.iterdir()):
+            self._managers[_BEST] = self._make_manager(legacy, 1, False, read_only=True)
 
     @staticmethod
-    def _make_manager(path: Path, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
+    def _make_manager(
+        path: Path, keep: int, keep_best: bool, read_only: bool = False
+    ) -> ocp.CheckpointManager:
         if not read_only:
             path.mkdir(parents=True, exist_ok=True)
             _empty_trash(path)
         writing = {} if read_only else {"todelete_subdir": _TRASH}
+        policy = ocp.checkpoint_managers
+        latest = policy.LatestN(n=keep)
+        best = policy.BestN(
+            get_metric_fn=_val_loss, reverse=True, n=1, keep_checkpoints_without_metrics=False
+        )  # reverse: sorted by decreasing loss, BestN keeps the last (the lowest)
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=ocp.checkpoint_managers.LatestN(n=keep),
+            preservation_policy=policy.AnyPreservationPolicy([latest, best])
+            if keep_best
+            else latest,
+            best_fn=_val_loss if keep_best else None,  # writes the metrics; best_step()
+            best_mode="min",
             enable_async_checkpointing=False,
             cleanup_tmp_directories=not read_only,
             create=not read_only,
@@ -227,15 +236,8 @@ class Checkpointer:
             save_interval_steps=0 if read_only else 1,
             **writing,
         )
-        if not read_only:
+        with _quiet_absl(read_only):  # orbax warns that read_only is read only
             return ocp.CheckpointManager(path, options=options)
-        absl_log = logging.getLogger("absl")  # orbax warns that read_only is read only
-        level = absl_log.level
-        absl_log.setLevel(logging.ERROR)
-        try:
-            return ocp.CheckpointManager(path, options=options)
-        finally:
-            absl_log.setLevel(level)
 
     # ------------------------------------------------------------------------- save
 
@@ -276,25 +278,15 @@ class Checkpointer:
                 _LAYOUT: ocp.args.JsonSave(layout),
             }
         )
-        self._save_to(_CHECKPOINTS, step, args)
-        if (
-            self.keep_best
-            and val_loss is not None
-            and np.isfinite(val_loss)
-            and (self._best_val_loss is None or val_loss < self._best_val_loss)
-        ):
-            self._save_to(_BEST, step, args)
-            self._best_val_loss = float(val_loss)
-
-    def _save_to(self, which: str, step: int, args) -> None:
-        manager = self._managers[which]
+        finite = val_loss is not None and bool(np.isfinite(val_loss))
+        metrics = {"val_loss": float(val_loss)} if finite and self.keep_best else None
+        manager = self._managers[_CHECKPOINTS]
         if step in manager.all_steps():
-            if which == _CHECKPOINTS:
-                raise CheckpointError(f"step {step} is already saved in {manager.directory}")
-            manager.delete(step)
+            raise CheckpointError(f"step {step} is already saved in {manager.directory}")
         try:
-            saved = manager.save(step, args=args, force=True)
-            manager.wait_until_finished()
+            with _quiet_absl(metrics is None):  # orbax warns of a step without its metric
+                saved = manager.save(step, args=args, metrics=metrics, force=True)
+                manager.wait_until_finished()
         except Exception as e:
             raise CheckpointError(f"saving step {step} to {manager.directory} failed: {e}") from e
         if not saved:
@@ -304,8 +296,14 @@ class Checkpointer:
     # ------------------------------------------------------------------------- queries
 
     def all_steps(self, *, best: bool = False) -> list[int]:
-        manager = self._manager(best)
+        """Every kept step (the best among them), or with `best` the best step alone."""
+        if best and not self.keep_best:
+            raise ConfigError("this Checkpointer was created with keep_best=False")
+        manager = self._managers[self._which(best)]
         manager.reload()
+        if best and manager is self._managers[_CHECKPOINTS]:
+            step = manager.best_step()  # None when no kept step has a val_loss
+            return [] if step is None else [int(step)]
         return sorted(int(s) for s in manager.all_steps())
 
     def latest_step(self, *, best: bool = False) -> int | None:
@@ -314,18 +312,26 @@ class Checkpointer:
 
     @property
     def best_val_loss(self) -> float | None:
-        return self._best_val_loss
+        step = self.latest_step(best=True) if self.keep_best else None
+        if step is None:
+            return None
+        layout = self._read_items(self._which(True), step, (_LAYOUT,))[_LAYOUT]
+        return layout.get("val_loss")
 
     def step_dir(self, step: int, *, best: bool = False) -> Path:
-        return Path(self._manager(best).directory) / str(step)
+        return Path(self._managers[self._which(best)].directory) / str(step)
 
-    def _manager(self, best: bool) -> ocp.CheckpointManager:
-        if best and not self.keep_best:
-            raise ConfigError("this Checkpointer was created with keep_best=False")
-        return self._managers[_BEST if best else _CHECKPOINTS]
+    def _which(self, best: bool) -> str:
+        """The manager holding the best step: `checkpoints/`, or the `best/` directory of a
+        run written before (when no step in `checkpoints/` has a val_loss)."""
+        if not best or _BEST not in self._managers:
+            return _CHECKPOINTS
+        checkpoints = self._managers[_CHECKPOINTS]
+        checkpoints.reload()
+        return _CHECKPOINTS if checkpoints.best_step() is not None else _BEST
 
     def _resolve_step(self, step: int | None, best: bool) -> int:
-        which = _BEST if best else _CHECKPOINTS
+        which = self._which(best)
         steps = self.all_steps(best=best)
         if not steps:
             raise CheckpointError(f"no checkpoint in {self.directory / which}")
@@ -341,14 +347,14 @@ class Checkpointer:
     # ------------------------------------------------------------------------- restore
 
     def restore_metadata(self, step: int | None = None, *, best: bool = False) -> dict:
-        which = _BEST if best else _CHECKPOINTS
+        which = self._which(best)
         step = self._resolve_step(step, best)
         return self._read_items(which, step, (_METADATA,))[_METADATA]
 
     def restore(self, abstract_state, step: int | None = None, *, best: bool = False):
         """Returns `(state, metadata)` restored into the structure, shapes, dtypes and
         shardings of `abstract_state` (arrays or `jax.ShapeDtypeStruct`s)."""
-        which = _BEST if best else _CHECKPOINTS
+        which = self._which(best)
         step = self._resolve_step(step, best)
         path = self.step_dir(step, best=best)
         layout = self._read_items(which, step, (_LAYOUT,))[_LAYOUT]
@@ -426,6 +432,23 @@ class Checkpointer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def _quiet_absl(quiet: bool = True):
+    """Orbax's warnings (absl) raised to errors-only while the block runs, when `quiet`."""
+    absl_log = logging.getLogger("absl")
+    level = absl_log.level
+    if quiet:
+        absl_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        absl_log.setLevel(level)
+
+
+def _val_loss(metrics: dict) -> float:
+    return float(metrics["val_loss"])
 
 
 def _describe(error: BaseException) -> str:

@@ -125,6 +125,7 @@ def test_vs_lerobot_rejects_unmatched_cases():
         ("collect_datasets", ["--tasks", "multimodal", "--episodes", "2"], "multimodal"),
         ("expert_success", ["--tasks", "multimodal", "--episodes", "2"], "multimodal"),
         ("pusht_expert", ["--episodes", "1"], "success rate"),
+        ("checkpoint", ["--denoisers", "mlp", "--repeats", "1"], "| mlp |"),
         ("sampler_latency", ["--methods", "ddim", "--steps", "1", "--batches", "1"], "ddim"),
         ("nets_primitives", ["--matmul", "--batches", "1", "--budget", "0.01"], "matmul"),
         (

@@ -75,7 +75,8 @@ def test_max_to_keep_best_latest_and_specific_step(tmp_path):
     with Checkpointer(tmp_path, max_to_keep=2) as ckpt:
         for step, loss in losses.items():
             ckpt.save(step, make_state(step), metadata={"step": step}, val_loss=loss)
-        assert ckpt.all_steps() == [40, 50]
+        # the latest two, and the best (lowest val_loss) kept beside them, written once
+        assert ckpt.all_steps() == [20, 40, 50]
         assert ckpt.latest_step() == 50
         assert ckpt.all_steps(best=True) == [20]
         state, meta = ckpt.restore(abstract(make_state()), step=40)
@@ -87,15 +88,36 @@ def test_max_to_keep_best_latest_and_specific_step(tmp_path):
         assert ckpt.restore_metadata() == {"step": 50}
         with pytest.raises(CheckpointError, match="step 10"):
             ckpt.restore(abstract(make_state()), step=10)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["20", "40", "50"]
     # A new Checkpointer on the same directory sees the same steps and the same best loss.
     with Checkpointer(tmp_path, max_to_keep=2) as ckpt:
         assert ckpt.latest_step() == 50 and ckpt.best_val_loss == 1.0
         ckpt.save(60, make_state(60), metadata={"step": 60}, val_loss=1.2)
+        ckpt.save(65, make_state(65), metadata={"step": 65})  # no val_loss: never "best"
         assert ckpt.all_steps(best=True) == [20]
+        assert ckpt.all_steps() == [20, 60, 65]
         ckpt.save(70, make_state(70), metadata={"step": 70}, val_loss=0.5)
         assert ckpt.all_steps(best=True) == [70]
-        assert ckpt.all_steps() == [60, 70]
-    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["60", "70"]
+        assert ckpt.all_steps() == [65, 70]
+        assert ckpt.best_val_loss == 0.5
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["65", "70"]
+    with Checkpointer(tmp_path, max_to_keep=1, keep_best=False) as ckpt:
+        ckpt.save(80, make_state(80), metadata={"step": 80}, val_loss=0.1)
+        assert ckpt.all_steps() == [80]
+
+
+def test_a_run_with_the_older_best_directory_still_restores_its_best(tmp_path):
+    """Before orbax's BestN kept the best step among the others, it was a copy in best/."""
+    with Checkpointer(tmp_path / "old", max_to_keep=1, keep_best=False) as ckpt:
+        ckpt.save(20, make_state(20), metadata={"step": 20}, val_loss=1.0)
+    with Checkpointer(tmp_path, max_to_keep=2, keep_best=False) as ckpt:
+        ckpt.save(50, make_state(50), metadata={"step": 50})
+    shutil.move(tmp_path / "old" / "checkpoints", tmp_path / "best")
+    with Checkpointer(tmp_path, read_only=True) as ckpt:
+        assert ckpt.all_steps() == [50] and ckpt.all_steps(best=True) == [20]
+        best, meta = ckpt.restore(abstract(make_state()), best=True)
+        assert_bitwise_equal(best, make_state(20))
+        assert meta == {"step": 20} and ckpt.best_val_loss == 1.0
 
 
 def test_empty_or_missing_directory_raises(tmp_path):
