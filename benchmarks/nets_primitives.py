@@ -72,12 +72,13 @@ def rows(batch: int, budget: float):
 def unet_rows(batch: int, budget: float):
     """Yields (impl, ms) for one call of the full 63.5M-parameter UNet at horizon 16."""
     from dpjax.nets import ConditionalUnet1D
-    from dpjax.nets.testing import numpy_params
 
     x, t = jnp.zeros((batch, 16, 2)), jnp.zeros((batch,), jnp.int32)
     cond = jnp.zeros((batch, 36))
     model = ConditionalUnet1D(action_dim=2, cond_dim=36)
-    params = numpy_params(model, x, t, cond)
+    # LLVM optimisation off for the one-off init, as DiffusionPolicy.init_params does
+    init = jax.jit(model.init, compiler_options={"xla_backend_optimization_level": 0})
+    params = init(jax.random.PRNGKey(0), x, t, cond)
     # lax convs at batch 64 take minutes per call here; measured at batch 1 only
     for impl in ("matmul", "lax") if batch == 1 else ("matmul",):
         apply = jax.jit(model.clone(conv_impl=impl).apply)

@@ -54,7 +54,7 @@ def bench_case(model, params, schedule, method: str, steps: int, batch: int) -> 
     def denoise_chunk(key, x_T, cond):
         denoise = lambda x, t: model.apply(params, x, t, cond)
         return samplers.sample(
-            denoise, x_T, schedule, method=method, num_inference_steps=steps, key=key
+            denoise, x_T, schedule, sampler=method, num_inference_steps=steps, key=key
         )
 
     fn = jax.jit(denoise_chunk)

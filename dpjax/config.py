@@ -178,28 +178,28 @@ class PolicyConfig:
 
     def sampler_options(self, **overrides) -> samplers.SamplerOptions:
         fields = dict(
-            method=self.sampler,
+            sampler=self.sampler,
             num_inference_steps=self.num_inference_steps,
             prediction_type=self.prediction_type,
             clip_sample=self.clip_sample,
             timestep_spacing=self.timestep_spacing,
             eta=self.eta,
         )
-        # None means "the config's" for the method and step count; for the other options
+        # None means "the config's" for the sampler and step count; for the other options
         # (clip_sample=None: no clipping) it is a value.
-        unset = {k for k in ("method", "num_inference_steps") if overrides.get(k) is None}
+        unset = {k for k in ("sampler", "num_inference_steps") if overrides.get(k) is None}
         fields.update({k: v for k, v in overrides.items() if k not in unset})
         options = samplers.SamplerOptions(**fields)
-        self.check_sampler(options.method)
+        self.check_sampler(options.sampler)
         return options
 
-    def check_sampler(self, method: str) -> None:
-        """ConfigError unless sampler `method` integrates the process this policy learned."""
+    def check_sampler(self, sampler: str) -> None:
+        """ConfigError unless `sampler` integrates the process this policy learned."""
         process = _PROCESS.get(self.objective)
-        if process is None or samplers.get_sampler(method).process == process:
+        if process is None or samplers.get_sampler(sampler).process == process:
             return
         raise ConfigError(
-            f"sampler {method!r} does not sample a policy trained with objective="
+            f"sampler {sampler!r} does not sample a policy trained with objective="
             f"{self.objective!r}; its samplers: {', '.join(samplers.sampler_names_for(process))}"
         )
 

@@ -7,7 +7,7 @@ flow-matching samplers ("flow" process: flow_euler, flow_midpoint) the point
 x_s = (1 - s) x_0 + s eps of the straight path at float32 time t = s * T, s in (0, 1], where
 the model output is the velocity eps - x_0 (`losses.flow_matching_loss`).
 
-Every method is a `SamplerMethod`: a function giving the training timesteps at which the
+Every sampler is a `Sampler`: a function giving the training timesteps at which the
 denoiser is evaluated (one evaluation per scan iteration), a function giving a table of
 per-iteration coefficients (arrays of shape (S,), S = number of evaluations), and a pure
 `update` that advances the scan carry from one denoiser output. `sample` builds the table,
@@ -16,7 +16,7 @@ lengths, so compile time does not grow with it. Adding a sampler = writing those
 functions and calling `register_sampler` (see README).
 
 Randomness: the noise of evaluation i is `jax.random.normal(jax.random.split(key, S)[i], x.shape)`;
-it is drawn only by stochastic methods (ddpm, ddim with eta > 0).
+it is drawn only by stochastic samplers (ddpm, ddim with eta > 0).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ VARIANCE_TYPES: tuple[str, ...] = ("fixed_small", "fixed_large")
 class SamplerOptions:
     """Static (compile-time) sampler options; hashable, so compiled samplers can be cached."""
 
-    method: str = "ddim"
+    sampler: str = "ddim"
     num_inference_steps: int = 10
     prediction_type: str = "epsilon"
     clip_sample: float | None = None
@@ -64,7 +64,7 @@ class SamplerOptions:
 
 
 @dataclasses.dataclass(frozen=True)
-class SamplerMethod:
+class Sampler:
     """The extension point: one sampler = these functions.
 
     timesteps(T, N, spacing) -> np.ndarray (S,) int: training timesteps evaluated, in order.
@@ -90,19 +90,19 @@ class SamplerMethod:
     process: str = "vp"
 
 
-_SAMPLERS: dict[str, SamplerMethod] = {}
+_SAMPLERS: dict[str, Sampler] = {}
 
 
-def register_sampler(name: str, method: SamplerMethod) -> None:
-    """Makes `method` available as `sample(..., method=name)`."""
-    _SAMPLERS[name] = method
+def register_sampler(name: str, sampler: Sampler) -> None:
+    """Makes `sampler` available as `sample(..., sampler=name)`."""
+    _SAMPLERS[name] = sampler
 
 
 def sampler_names() -> tuple[str, ...]:
     return tuple(sorted(_SAMPLERS))
 
 
-def get_sampler(name: str) -> SamplerMethod:
+def get_sampler(name: str) -> Sampler:
     if name not in _SAMPLERS:
         raise unknown_name("sampler", name, _SAMPLERS)
     return _SAMPLERS[name]
@@ -154,26 +154,26 @@ def _check_timesteps(ts: np.ndarray, options: SamplerOptions, T: int) -> None:
 
 def timesteps(
     schedule: NoiseSchedule | int,
-    method: str,
+    sampler: str,
     num_inference_steps: int,
     timestep_spacing: str = "trailing",
 ) -> np.ndarray:
-    """The training timesteps at which `method` evaluates the denoiser, in order (int64; the
+    """The training timesteps at which `sampler` evaluates the denoiser, in order (int64; the
     flow samplers' float times s * T)."""
     T = schedule if isinstance(schedule, int) else schedule.num_train_timesteps
-    flow = get_sampler(method).process == "flow"
+    flow = get_sampler(sampler).process == "flow"
     options = SamplerOptions(
-        method=method,
+        sampler=sampler,
         num_inference_steps=num_inference_steps,
         timestep_spacing=timestep_spacing,
         prediction_type="velocity" if flow else "epsilon",
     )
     validate_options(options, T)
-    return get_sampler(method).timesteps(T, num_inference_steps, timestep_spacing)
+    return get_sampler(sampler).timesteps(T, num_inference_steps, timestep_spacing)
 
 
-def num_denoiser_evaluations(method: str, num_inference_steps: int, T: int = 1000) -> int:
-    return len(get_sampler(method).timesteps(T, num_inference_steps, "trailing"))
+def num_denoiser_evaluations(sampler: str, num_inference_steps: int, T: int = 1000) -> int:
+    return len(get_sampler(sampler).timesteps(T, num_inference_steps, "trailing"))
 
 
 MAX_FLOW_STEPS = 10_000
@@ -186,9 +186,9 @@ def sampler_names_for(process: str) -> tuple[str, ...]:
 
 def validate_options(options: SamplerOptions, num_train_timesteps: int) -> None:
     """Raises ConfigError/UnknownNameError for options that cannot work; checks the timesteps."""
-    method = get_sampler(options.method)
+    spec = get_sampler(options.sampler)
     n = options.num_inference_steps
-    flow = method.process == "flow"  # continuous time: any step count, no timestep grid
+    flow = spec.process == "flow"  # continuous time: any step count, no timestep grid
     most = MAX_FLOW_STEPS if flow else num_train_timesteps
     if not isinstance(n, int | np.integer) or not 1 <= n <= most:
         raise ConfigError(
@@ -201,7 +201,7 @@ def validate_options(options: SamplerOptions, num_train_timesteps: int) -> None:
     if flow:
         if options.prediction_type not in FLOW_PREDICTION_TYPES:
             raise unknown_name(
-                f"prediction type of a flow sampler ({options.method})",
+                f"prediction type of a flow sampler ({options.sampler})",
                 options.prediction_type, FLOW_PREDICTION_TYPES,
             )  # fmt: skip
         return
@@ -213,7 +213,7 @@ def validate_options(options: SamplerOptions, num_train_timesteps: int) -> None:
         raise unknown_name("variance_type", options.variance_type, VARIANCE_TYPES)
     if not 0.0 <= options.eta <= 1.0:
         raise ConfigError(f"eta must be in [0, 1], got {options.eta}")
-    grid = method.step_grid or method.timesteps
+    grid = spec.step_grid or spec.timesteps
     _check_timesteps(
         grid(num_train_timesteps, n, options.timestep_spacing), options, num_train_timesteps
     )
@@ -498,7 +498,7 @@ def _flow_midpoint_update(carry, model_output, row, noise, options):
 
 register_sampler(
     "ddpm",
-    SamplerMethod(
+    Sampler(
         timesteps=spaced_timesteps,
         coefficients=_ddpm_coefficients,
         update=_ddpm_update,
@@ -507,7 +507,7 @@ register_sampler(
 )
 register_sampler(
     "ddim",
-    SamplerMethod(
+    Sampler(
         timesteps=spaced_timesteps,
         coefficients=_ddim_coefficients,
         update=_ddim_update,
@@ -516,7 +516,7 @@ register_sampler(
 )
 register_sampler(
     "dpmsolver++",
-    SamplerMethod(
+    Sampler(
         timesteps=multistep_timesteps,
         coefficients=_dpmsolver_coefficients,
         update=_dpmsolver_update,
@@ -525,7 +525,7 @@ register_sampler(
 )
 register_sampler(
     "euler",
-    SamplerMethod(
+    Sampler(
         timesteps=spaced_timesteps,
         coefficients=_euler_coefficients,
         update=_euler_update,
@@ -535,7 +535,7 @@ register_sampler(
 )
 register_sampler(
     "heun",
-    SamplerMethod(
+    Sampler(
         timesteps=_heun_timesteps,
         coefficients=_heun_coefficients,
         update=_heun_update,
@@ -546,7 +546,7 @@ register_sampler(
 )
 register_sampler(
     "flow_euler",
-    SamplerMethod(
+    Sampler(
         timesteps=_flow_euler_timesteps,
         coefficients=_flow_euler_coefficients,
         update=_flow_euler_update,
@@ -555,7 +555,7 @@ register_sampler(
 )
 register_sampler(
     "flow_midpoint",
-    SamplerMethod(
+    Sampler(
         timesteps=_flow_midpoint_timesteps,
         coefficients=_flow_midpoint_coefficients,
         update=_flow_midpoint_update,
@@ -585,35 +585,35 @@ def coefficient_table(
     """(timesteps (S,), {name: (S,) float64}) that `sample_with_options` scans over."""
     T = schedule.num_train_timesteps
     validate_options(options, T)
-    method = get_sampler(options.method)
-    ts = method.timesteps(T, options.num_inference_steps, options.timestep_spacing)
+    spec = get_sampler(options.sampler)
+    ts = spec.timesteps(T, options.num_inference_steps, options.timestep_spacing)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        rows = method.coefficients(_concrete_schedule(schedule), ts, options)
+        rows = spec.coefficients(_concrete_schedule(schedule), ts, options)
     return ts, {k: np.asarray(v, np.float64) for k, v in rows.items()}
 
 
 def _reverse_process(denoise_fn, x_T, schedule, options, key, keep_inputs: bool):
-    method = get_sampler(options.method)
+    spec = get_sampler(options.sampler)
     ts, table = coefficient_table(schedule, options)
     rows: dict[str, Any] = {k: jnp.asarray(v, x_T.dtype) for k, v in table.items()}
-    rows["t"] = jnp.asarray(ts, jnp.float32 if method.process == "flow" else jnp.int32)
-    stochastic = method.is_stochastic(options)
+    rows["t"] = jnp.asarray(ts, jnp.float32 if spec.process == "flow" else jnp.int32)
+    stochastic = spec.is_stochastic(options)
     if stochastic:
         if key is None:
-            raise ConfigError(f"sampler {options.method!r} with these options needs a PRNG key")
+            raise ConfigError(f"sampler {options.sampler!r} with these options needs a PRNG key")
         rows["key"] = jax.random.split(key, len(ts))
     batch = x_T.shape[0]
 
     def body(carry: Carry, row: Row):
-        model_input = method.model_input(carry, row)
+        model_input = spec.model_input(carry, row)
         model_output = denoise_fn(model_input, jnp.full((batch,), row["t"]))
         noise = jax.random.normal(row["key"], x_T.shape, x_T.dtype) if stochastic else None
-        new = method.update(carry, model_output.astype(x_T.dtype), row, noise, options)
+        new = spec.update(carry, model_output.astype(x_T.dtype), row, noise, options)
         new = jax.tree.map(lambda a, b: a.astype(b.dtype), new, carry)
         return new, (model_input if keep_inputs else None)
 
     first_row = jax.tree.map(lambda a: a[0], rows)
-    carry, inputs = jax.lax.scan(body, method.init(x_T, first_row), rows)
+    carry, inputs = jax.lax.scan(body, spec.init(x_T, first_row), rows)
     return carry["x"], inputs, rows["t"]
 
 
@@ -645,7 +645,7 @@ def sample(
     x_T: jnp.ndarray,
     schedule: NoiseSchedule,
     *,
-    method: str = "ddim",
+    sampler: str = "ddim",
     num_inference_steps: int = 10,
     key: jax.Array | None = None,
     prediction_type: str = "epsilon",
@@ -655,13 +655,13 @@ def sample(
     variance_type: str = "fixed_small",
     eps_from_clipped_x0: bool = True,
 ) -> jnp.ndarray:
-    """x_0 (B, ...) from x_T (B, ...) ~ N(0, I) with any registered method; see module doc.
+    """x_0 (B, ...) from x_T (B, ...) ~ N(0, I) with any registered sampler; see module doc.
 
     Wrap in `jax.jit` (all options are static): the program holds one while loop whatever
     `num_inference_steps` is.
     """
     options = SamplerOptions(
-        method=method,
+        sampler=sampler,
         num_inference_steps=num_inference_steps,
         prediction_type=prediction_type,
         clip_sample=clip_sample,
@@ -741,7 +741,7 @@ def inpainting_guidance(
     flow time (1: clean) and r2 = (1 - tau)^2 / (tau^2 + (1 - tau)^2); the output is then
     re-expressed in the denoiser's prediction type, so the sampler's own update is unchanged.
     Costs about three denoiser evaluations per step instead of one."""
-    process = get_sampler(options.method).process
+    process = get_sampler(options.sampler).process
     prediction_type = options.prediction_type
 
     def guided(x_t: jnp.ndarray, t: jnp.ndarray) -> jnp.ndarray:

@@ -1,4 +1,4 @@
-"""Helpers for fast tests of Flax modules on a small CPU.
+"""Helpers for fast tests of Flax modules on a small CPU (tests only; not part of dpjax).
 
 Compiling `jax.random` initialisers and samplers (threefry) costs seconds per distinct shape
 there, more than running the tiny models under test; these draw with NumPy instead.

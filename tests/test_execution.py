@@ -33,7 +33,7 @@ FAMILIES = [("ddim", "epsilon"), ("ddim", "sample"), ("dpmsolver++", "v_predicti
 def _sample(mixture, method, prediction_type, target=None, max_guidance=5.0, steps=10):
     """(256, H) samples; guided towards target (H,) with WEIGHTS unless target is None."""
     options = samplers.SamplerOptions(
-        method=method, num_inference_steps=steps, prediction_type=prediction_type
+        sampler=method, num_inference_steps=steps, prediction_type=prediction_type
     )
     if method.startswith("flow"):
         denoise = oracles.oracle_flow_denoiser(mixture, 100)
@@ -71,7 +71,7 @@ def test_guidance_continues_the_committed_mode(method, prediction_type):
 
 
 def test_zero_weights_leave_the_denoiser_unchanged():
-    options = samplers.SamplerOptions(method="ddim", num_inference_steps=5)
+    options = samplers.SamplerOptions(sampler="ddim", num_inference_steps=5)
     denoise = oracles.oracle_denoiser(oracles.make_mixture([0.5, 0.5], [UP, -UP], 0.05), SCHEDULE)
     target = jnp.ones((256, H, 1))
     guided = samplers.inpainting_guidance(denoise, SCHEDULE, options, target, 0.0 * WEIGHTS)

@@ -5,11 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import fast_jit, normal, numpy_params
 
 from dpjax.errors import ConfigError
 from dpjax.nets import conv1d
 from dpjax.nets.conv1d import Conv1D, Downsample1D, Upsample1D
-from dpjax.nets.testing import fast_jit, normal, numpy_params
 
 
 @fast_jit

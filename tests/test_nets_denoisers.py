@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import fast_jit, normal, numpy_params
 
 from dpjax.errors import ConfigError, ShapeError, UnknownNameError
 from dpjax.nets import (
@@ -15,7 +16,6 @@ from dpjax.nets import (
     count_params,
     make_denoiser,
 )
-from dpjax.nets.testing import fast_jit, normal, numpy_params
 
 TINY_TF = dict(action_dim=3, pred_horizon=8, cond_dim=5, max_cond_tokens=4, num_layers=2,
                width=16, num_heads=2)  # fmt: skip

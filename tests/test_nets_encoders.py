@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import fast_jit, normal, numpy_params, uint8_images
 
 from dpjax.errors import ShapeError, UnknownNameError
 from dpjax.nets import (
@@ -18,7 +19,6 @@ from dpjax.nets import (
     random_crop,
     sinusoidal_embedding,
 )
-from dpjax.nets.testing import fast_jit, normal, numpy_params, uint8_images
 
 _images = uint8_images
 crop = fast_jit(random_crop, static_argnums=2)

@@ -458,7 +458,7 @@ def test_every_sampler_is_finite_on_extreme_inputs():
             for steps in (1, 2, T // 2, T):
                 options = [
                     samplers.SamplerOptions(
-                        method=method,
+                        sampler=method,
                         num_inference_steps=steps,
                         clip_sample=clip,
                         eta=1.0 if method == "ddim" else 0.0,  # ddim's stochastic branch too

@@ -27,7 +27,7 @@ def run(denoise, schedule, shape, *, key=1, impl=None, **kwargs):
 def test_reproduces_gaussian(cosine100, method, steps):
     mixture = oracles.make_mixture([1.0], [[1.5, -0.5]], 0.7)
     denoise = oracles.oracle_denoiser(mixture, cosine100)
-    x0 = run(denoise, cosine100, (NUM_SAMPLES, 2), method=method, num_inference_steps=steps)
+    x0 = run(denoise, cosine100, (NUM_SAMPLES, 2), sampler=method, num_inference_steps=steps)
     np.testing.assert_allclose(x0.mean(0), [1.5, -0.5], atol=0.05)
     np.testing.assert_allclose(x0.std(0), [0.7, 0.7], rtol=0.06)
 
@@ -51,7 +51,7 @@ def test_reproduces_cup_mixture(cosine100, method, steps, prediction_type):
         denoise,
         cosine100,
         (NUM_SAMPLES, 2),
-        method=method,
+        sampler=method,
         num_inference_steps=steps,
         prediction_type=prediction_type,
     )
@@ -89,7 +89,7 @@ def test_mixture_check_would_catch_a_broken_update(cosine100):
     ddim = samplers.get_sampler("ddim")
     samplers.register_sampler(
         "ddim_broken",
-        samplers.SamplerMethod(
+        samplers.Sampler(
             timesteps=ddim.timesteps, coefficients=ddim.coefficients, update=forgetful_update
         ),
     )
@@ -97,8 +97,8 @@ def test_mixture_check_would_catch_a_broken_update(cosine100):
         mixture = oracles.cup_mixture()
         denoise = oracles.oracle_denoiser(mixture, cosine100)
         shape = (NUM_SAMPLES, 2)
-        good = run(denoise, cosine100, shape, method="ddim", num_inference_steps=20)
-        bad = run(denoise, cosine100, shape, method="ddim_broken", num_inference_steps=20)
+        good = run(denoise, cosine100, shape, sampler="ddim", num_inference_steps=20)
+        bad = run(denoise, cosine100, shape, sampler="ddim_broken", num_inference_steps=20)
     finally:
         samplers._SAMPLERS.pop("ddim_broken")
     assert cup_mixture_misses(mixture, good) == []
@@ -107,17 +107,17 @@ def test_mixture_check_would_catch_a_broken_update(cosine100):
 
 def test_ddim_eta0_is_deterministic(cosine100):
     denoise = oracles.oracle_denoiser(oracles.cup_mixture(), cosine100)
-    a = run(denoise, cosine100, (64, 2), key=1, method="ddim", num_inference_steps=10)
-    b = run(denoise, cosine100, (64, 2), key=2, method="ddim", num_inference_steps=10)
+    a = run(denoise, cosine100, (64, 2), key=1, sampler="ddim", num_inference_steps=10)
+    b = run(denoise, cosine100, (64, 2), key=2, sampler="ddim", num_inference_steps=10)
     np.testing.assert_array_equal(a, b)
-    c = run(denoise, cosine100, (64, 2), key=1, method="ddim", num_inference_steps=10, eta=1.0)
-    d = run(denoise, cosine100, (64, 2), key=2, method="ddim", num_inference_steps=10, eta=1.0)
+    c = run(denoise, cosine100, (64, 2), key=1, sampler="ddim", num_inference_steps=10, eta=1.0)
+    d = run(denoise, cosine100, (64, 2), key=2, sampler="ddim", num_inference_steps=10, eta=1.0)
     assert float(jnp.abs(c - d).max()) > 1e-3
     # DDPM: the key is its only randomness (same key, same sample; another key, another).
-    e = run(denoise, cosine100, (64, 2), key=1, method="ddpm", num_inference_steps=10)
-    f = run(denoise, cosine100, (64, 2), key=1, method="ddpm", num_inference_steps=10)
+    e = run(denoise, cosine100, (64, 2), key=1, sampler="ddpm", num_inference_steps=10)
+    f = run(denoise, cosine100, (64, 2), key=1, sampler="ddpm", num_inference_steps=10)
     np.testing.assert_array_equal(e, f)
-    g = run(denoise, cosine100, (64, 2), key=2, method="ddpm", num_inference_steps=10)
+    g = run(denoise, cosine100, (64, 2), key=2, sampler="ddpm", num_inference_steps=10)
     assert float(jnp.abs(e - g).max()) > 1e-2
 
 
@@ -125,12 +125,12 @@ def test_dpmsolver_beats_ddim_at_10_steps():
     """Against the 1000-step probability-flow answer from the same x_T."""
     schedule = schedules.make_schedule("linear", 1000)
     denoise = oracles.oracle_denoiser(oracles.cup_mixture(), schedule)
-    ref = run(denoise, schedule, (512, 2), method="ddim", num_inference_steps=1000)
+    ref = run(denoise, schedule, (512, 2), sampler="ddim", num_inference_steps=1000)
     errors = {
         m: float(
             jnp.sqrt(
                 jnp.mean(
-                    (run(denoise, schedule, (512, 2), method=m, num_inference_steps=10) - ref) ** 2
+                    (run(denoise, schedule, (512, 2), sampler=m, num_inference_steps=10) - ref) ** 2
                 )
             )
         )
@@ -162,7 +162,7 @@ def test_one_while_loop_and_one_trace(method):
 
         def fn(k, x, denoise=denoise, steps=steps, flow=flow):
             return samplers.sample(
-                denoise, x, schedule, method=method, num_inference_steps=steps, key=k,
+                denoise, x, schedule, sampler=method, num_inference_steps=steps, key=k,
                 prediction_type="velocity" if flow else "epsilon",
             )  # fmt: skip
 
@@ -193,7 +193,7 @@ def test_batched_over_leading_axis(cosine100):
     x_T = jax.random.normal(jax.random.key(3), (5, 2))
     sample = jax.jit(
         lambda x: samplers.sample(
-            denoise, x, cosine100, method="dpmsolver++", num_inference_steps=8
+            denoise, x, cosine100, sampler="dpmsolver++", num_inference_steps=8
         )
     )
     rows = jnp.concatenate([sample(x_T[i : i + 1]) for i in range(5)])
@@ -209,7 +209,7 @@ def test_coefficients_finite_for_every_step_count(schedule_name, T):
         for n in range(1, T + 1):
             flow = samplers.get_sampler(method).process == "flow"
             options = samplers.SamplerOptions(
-                method=method, num_inference_steps=n, eta=0.5,
+                sampler=method, num_inference_steps=n, eta=0.5,
                 prediction_type="velocity" if flow else "epsilon",
             )  # fmt: skip
             ts, table = samplers.coefficient_table(schedule, options)
@@ -232,7 +232,7 @@ def test_outputs_finite(schedule_name, method):
                 denoise,
                 schedule,
                 (8, 4, 2),
-                method=method,
+                sampler=method,
                 num_inference_steps=steps,
                 prediction_type=prediction_type,
                 clip_sample=None,
@@ -245,7 +245,7 @@ def test_clip_sample_bounds_x0_prediction(cosine100):
     for method, prediction_type in [("ddpm", "epsilon"), ("ddim", "epsilon"),
                                     ("dpmsolver++", "epsilon"), ("flow_euler", "velocity"),
                                     ("flow_midpoint", "sample")]:  # fmt: skip
-        x0 = run(denoise, cosine100, (4, 2), method=method, num_inference_steps=10,
+        x0 = run(denoise, cosine100, (4, 2), sampler=method, num_inference_steps=10,
                  clip_sample=1.0, prediction_type=prediction_type)  # fmt: skip
         assert float(jnp.abs(x0).max()) <= 1.0 + 1e-4, method
 
@@ -267,21 +267,21 @@ def test_bad_options_raise_clear_errors(cosine100):
     denoise = lambda x, t: x
     x = jnp.zeros((2, 2))
     with pytest.raises(UnknownNameError, match="dpmsolver\\+\\+"):
-        samplers.sample(denoise, x, cosine100, method="dpm")
+        samplers.sample(denoise, x, cosine100, sampler="dpm")
     for steps in (0, 101):
         with pytest.raises(ConfigError, match="num_inference_steps"):
-            samplers.sample(denoise, x, cosine100, method="ddim", num_inference_steps=steps)
+            samplers.sample(denoise, x, cosine100, sampler="ddim", num_inference_steps=steps)
     with pytest.raises(ConfigError, match="strictly decreasing"):
         samplers.sample(
             denoise,
             x,
             cosine100,
-            method="dpmsolver++",
+            sampler="dpmsolver++",
             num_inference_steps=100,
             timestep_spacing="leading",
         )
     with pytest.raises(ConfigError, match="PRNG key"):
-        samplers.sample(denoise, x, cosine100, method="ddpm", num_inference_steps=5)
+        samplers.sample(denoise, x, cosine100, sampler="ddpm", num_inference_steps=5)
     with pytest.raises(UnknownNameError, match="v_prediction"):
         samplers.sample(denoise, x, cosine100, prediction_type="eps")
     with pytest.raises(ConfigError, match="concrete"):
@@ -306,14 +306,14 @@ def test_register_a_new_sampler(cosine100):
 
     samplers.register_sampler(
         "x0_jump",
-        samplers.SamplerMethod(
+        samplers.Sampler(
             timesteps=samplers.spaced_timesteps, coefficients=coefficients, update=update
         ),
     )
     try:
         mixture = oracles.make_mixture([1.0], [[2.0, 2.0]], 0.01)
         denoise = oracles.oracle_denoiser(mixture, cosine100)
-        x0 = run(denoise, cosine100, (16, 2), method="x0_jump", num_inference_steps=5)
+        x0 = run(denoise, cosine100, (16, 2), sampler="x0_jump", num_inference_steps=5)
         np.testing.assert_allclose(x0, 2.0, atol=0.05)
     finally:
         samplers._SAMPLERS.pop("x0_jump")
@@ -331,7 +331,7 @@ def test_clipped_ddim_stays_bounded_with_an_overconfident_model(cosine100):
 
     def run(consistent):
         return samplers.sample(
-            overshooting, x_T, cosine100, method="ddim", num_inference_steps=100,
+            overshooting, x_T, cosine100, sampler="ddim", num_inference_steps=100,
             clip_sample=1.0, eps_from_clipped_x0=consistent,
         )  # fmt: skip
 
@@ -351,9 +351,11 @@ def test_flow_samplers_reproduce_cup_mixture(cosine100, method, steps):
     mixture = oracles.cup_mixture()
     denoise = oracles.oracle_flow_denoiser(mixture, cosine100.num_train_timesteps)
     flow = dict(prediction_type="velocity")
-    x0 = run(denoise, cosine100, (NUM_SAMPLES, 2), method=method, num_inference_steps=steps, **flow)
+    x0 = run(
+        denoise, cosine100, (NUM_SAMPLES, 2), sampler=method, num_inference_steps=steps, **flow
+    )
     assert cup_mixture_misses(mixture, x0) == []
-    one_step = run(denoise, cosine100, (NUM_SAMPLES, 2), method="flow_euler",
+    one_step = run(denoise, cosine100, (NUM_SAMPLES, 2), sampler="flow_euler",
                    num_inference_steps=1, **flow)  # fmt: skip
     assert cup_mixture_misses(mixture, one_step)
     np.testing.assert_allclose(one_step, one_step.mean(0)[None].repeat(NUM_SAMPLES, 0), atol=1e-4)
@@ -390,7 +392,7 @@ def test_flow_midpoint_is_second_order(cosine100):
     reference = jnp.asarray([1.5, -0.5]) + 0.3 * x_T
 
     def error(method, steps):
-        x0 = run(denoise, cosine100, shape, method=method, num_inference_steps=steps,
+        x0 = run(denoise, cosine100, shape, sampler=method, num_inference_steps=steps,
                  prediction_type="velocity")  # fmt: skip
         return float(jnp.abs(x0 - reference).max())
 
@@ -407,10 +409,10 @@ def test_flow_samplers_are_flow_process():
     assert "flow_euler" not in samplers.sampler_names_for("vp")
     with pytest.raises(ConfigError, match="num_inference_steps"):
         samplers.validate_options(
-            samplers.SamplerOptions(method="flow_euler", num_inference_steps=0), 100
+            samplers.SamplerOptions(sampler="flow_euler", num_inference_steps=0), 100
         )
     with pytest.raises(UnknownNameError, match="velocity"):  # epsilon means nothing here
-        samplers.validate_options(samplers.SamplerOptions(method="flow_euler"), 100)
+        samplers.validate_options(samplers.SamplerOptions(sampler="flow_euler"), 100)
 
 
 def test_flow_x0_prediction_equals_velocity(cosine100):
@@ -419,8 +421,8 @@ def test_flow_x0_prediction_equals_velocity(cosine100):
     velocity = oracles.oracle_flow_denoiser(mixture, 100)
     x0_model = lambda x, t: x - (t / 100.0)[:, None] * velocity(x, t)
     for method in ("flow_euler", "flow_midpoint"):
-        a = run(velocity, cosine100, (256, 2), method=method, num_inference_steps=7,
+        a = run(velocity, cosine100, (256, 2), sampler=method, num_inference_steps=7,
                 prediction_type="velocity")  # fmt: skip
-        b = run(x0_model, cosine100, (256, 2), method=method, num_inference_steps=7,
+        b = run(x0_model, cosine100, (256, 2), sampler=method, num_inference_steps=7,
                 prediction_type="sample")  # fmt: skip
         np.testing.assert_allclose(a, b, atol=2e-4)

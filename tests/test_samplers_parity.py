@@ -104,7 +104,7 @@ def run_dpjax(T, schedule, options, x_T, key):
     )
     jax.effects_barrier()
     ts = samplers.timesteps(
-        schedule, options.method, options.num_inference_steps, options.timestep_spacing
+        schedule, options.sampler, options.num_inference_steps, options.timestep_spacing
     )
     return ts, inputs, np.asarray(out)
 
@@ -152,7 +152,7 @@ def test_matches_diffusers(
     method, T, schedule_name, steps, spacing, prediction_type, extra, monkeypatch
 ):
     options = samplers.SamplerOptions(
-        method=method,
+        sampler=method,
         num_inference_steps=steps,
         prediction_type=prediction_type,
         timestep_spacing=spacing,

@@ -73,7 +73,7 @@ def run(args) -> int:
     for method, steps in tqdm(cases, desc="sampling", unit="case"):
         fn = jax.jit(
             lambda k, x, method=method, steps=steps: samplers.sample(
-                denoise, x, schedule, method=method, num_inference_steps=steps, key=k
+                denoise, x, schedule, sampler=method, num_inference_steps=steps, key=k
             )
         )
         x0 = jax.block_until_ready(fn(key_sampler, x_T))  # compiles

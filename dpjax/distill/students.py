@@ -72,18 +72,18 @@ def teacher_options(teacher_policy, method: str, teacher_sampler: str | None, te
     if method == "consistency":
         default = "flow_euler" if tc.objective == "flow_matching" else "ddim"
         options = tc.sampler_options(
-            method=teacher_sampler or default,
+            sampler=teacher_sampler or default,
             num_inference_steps=teacher_steps or DEFAULT_TEACHER_STEPS,
             eta=0.0,
         )
-        if samplers.get_sampler(options.method).is_stochastic(options):
+        if samplers.get_sampler(options.sampler).is_stochastic(options):
             raise ConfigError(
-                f"--teacher-sampler {options.method!r} is stochastic; consistency distillation "
+                f"--teacher-sampler {options.sampler!r} is stochastic; consistency distillation "
                 "learns the map of a deterministic sampler (ddim, dpmsolver++, euler, heun, "
                 "flow_euler, flow_midpoint)"
             )
         return options
-    return tc.sampler_options(method=teacher_sampler, num_inference_steps=teacher_steps)
+    return tc.sampler_options(sampler=teacher_sampler, num_inference_steps=teacher_steps)
 
 
 def _teacher_sample(teacher, teacher_params, cond, key, options, sample_fn):
@@ -271,11 +271,11 @@ def distill(
         "teacher_run_dir": str(Path(teacher_run).resolve()),
         "teacher_step": teacher_meta["step"],
         "method": method,
-        "sampler": options.method,
+        "sampler": options.sampler,
         "num_inference_steps": options.num_inference_steps,
         "mode_seeking": dataclasses.asdict(mode_seeking) if mode_seeking else None,
         "denoiser_evaluations_per_chunk": samplers.num_denoiser_evaluations(
-            options.method, options.num_inference_steps, teacher.config.num_train_timesteps
+            options.sampler, options.num_inference_steps, teacher.config.num_train_timesteps
         ),
     }
     return train(

@@ -145,7 +145,7 @@ class Policy:
         these options (None for BC)."""
         c = self.config
         o = (
-            c.sampler_options(method=sampler, num_inference_steps=num_inference_steps)
+            c.sampler_options(sampler=sampler, num_inference_steps=num_inference_steps)
             if c.kind == "diffusion" else None
         )  # fmt: skip
         return {
@@ -161,7 +161,7 @@ class Policy:
             "action_horizon": c.action_horizon,
             "pred_horizon": c.pred_horizon,
             "action_dim": c.action_dim,
-            "sampler": o.method if o else None,
+            "sampler": o.sampler if o else None,
             "num_inference_steps": o.num_inference_steps if o else None,
         }
 
@@ -341,7 +341,7 @@ class DiffusionPolicy(Policy):
     def inference_fn(self, *, sampler=None, num_inference_steps=None, **overrides):
         """Jitted `(params, observation, key) -> (B, action_horizon, A)`, cached per options."""
         options = self.config.sampler_options(
-            method=sampler, num_inference_steps=num_inference_steps, **overrides
+            sampler=sampler, num_inference_steps=num_inference_steps, **overrides
         )
         return self._compiled(options)
 
@@ -359,14 +359,14 @@ class DiffusionPolicy(Policy):
         from the current step on (see `plan_length`); `guide` None or (target (B, L, A),
         weights (L,)) for guided inpainting (`predict_action_chunk`)."""
         options = self.config.sampler_options(
-            method=sampler, num_inference_steps=num_inference_steps, **overrides
+            sampler=sampler, num_inference_steps=num_inference_steps, **overrides
         )
         return self._compiled_plan(options, float(max_guidance))
 
     def num_denoiser_evaluations(self, sampler=None, num_inference_steps=None) -> int:
-        o = self.config.sampler_options(method=sampler, num_inference_steps=num_inference_steps)
+        o = self.config.sampler_options(sampler=sampler, num_inference_steps=num_inference_steps)
         return samplers.num_denoiser_evaluations(
-            o.method, o.num_inference_steps, self.config.num_train_timesteps
+            o.sampler, o.num_inference_steps, self.config.num_train_timesteps
         )
 
 
