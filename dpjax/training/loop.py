@@ -4,8 +4,8 @@
       config.json        the resolved TrainConfig
       metrics.jsonl      one line per log interval (loss, learning rate, val loss, speed)
       events.*           TensorBoard event files (tensorboardX; no TensorFlow needed)
-      checkpoints/N/     last `max_to_keep` train states + metadata (orbax)
-      best/N/            the lowest validation loss so far
+      checkpoints/N/     last `max_to_keep` train states + metadata (orbax), and the step
+                         with the lowest validation loss so far (orbax's BestN keeps it)
 
 Batches and noise of step s derive from the train state's PRNG key, which is checkpointed,
 so `resume` continues a killed run to exactly the parameters an uninterrupted run reaches
