@@ -85,7 +85,7 @@ def unet_rows(batch: int, budget: float):
         yield impl, time_call(apply, params, x, t, cond, budget=budget)
 
 
-def encoder_rows(batch: int, budget: float, crop: int = 84, steps: int = 2):
+def encoder_rows(batch: int, budget: float, names=None, crop: int = 84, steps: int = 2):
     """Yields (encoder, forward ms, forward + backward ms) for each image encoder on the
     `batch` x `steps` crops of a train step (the PushT image recipe: 64 x 2 at 84 x 84)."""
     from dpjax.nets.encoders import IMAGE_ENCODERS
@@ -93,6 +93,8 @@ def encoder_rows(batch: int, budget: float, crop: int = 84, steps: int = 2):
     key = jax.random.PRNGKey(0)
     images = jax.random.randint(key, (batch * steps, crop, crop, 3), 0, 256).astype(jnp.uint8)
     for name, encoder_cls in IMAGE_ENCODERS.items():
+        if names and name not in names:
+            continue
         model = encoder_cls(256)
         params = model.init(key, images)
         forward = jax.jit(model.apply)
@@ -104,13 +106,13 @@ def encoder_rows(batch: int, budget: float, crop: int = 84, steps: int = 2):
         )
 
 
-def print_encoder_table(batches, budget: float) -> None:
+def print_encoder_table(batches, budget: float, names=None) -> None:
     print("\n# image encoders on a train step's crops (batch x 2 steps, 84 x 84 uint8);")
     print("# ms per call (median); backward = the gradient with respect to the parameters")
     print("| encoder | images | forward | forward + backward |")
     print("|---------|--------|---------|--------------------|")
     for batch in batches:
-        for name, fwd, fwd_bwd in encoder_rows(batch, budget):
+        for name, fwd, fwd_bwd in encoder_rows(batch, budget, names):
             print(f"| {name} | {2 * batch} | {fwd:.1f} | {fwd_bwd:.1f} |", flush=True)
 
 
@@ -172,15 +174,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget", type=float, default=1.0, help="seconds per measurement")
     parser.add_argument("--unet", action="store_true", help="also time whole UNet calls")
     parser.add_argument("--matmul", action="store_true", help="only the matmul table")
-    parser.add_argument("--encoders", action="store_true", help="only the image encoders")
+    parser.add_argument(
+        "--encoders", nargs="*", metavar="NAME", help="only the image encoders (these, or all)"
+    )
     args = parser.parse_args(argv)
     cpu = cpu_model()
     print(f"# jax {jax.__version__}, {jax.devices()[0].device_kind}, {cpu}, {os.cpu_count()} cores")
     if args.matmul:
         print_matmul_table(args.budget)
         return
-    if args.encoders:
-        print_encoder_table(args.batches, args.budget)
+    if args.encoders is not None:
+        from dpjax.errors import unknown_name
+        from dpjax.nets.encoders import IMAGE_ENCODERS
+
+        for name in args.encoders:
+            if name not in IMAGE_ENCODERS:
+                raise unknown_name("image encoder", name, IMAGE_ENCODERS)
+        print_encoder_table(args.batches, args.budget, args.encoders)
         return
     print("# ms per call (median); lax = lax.conv_general_dilated (what nn.Conv runs);")
     print("# taps = sum of k shifted matmuls; stacked = one matmul over stacked taps (dpjax)")

@@ -130,7 +130,7 @@ def test_vs_lerobot_rejects_unmatched_cases():
         ("nets_primitives", ["--matmul", "--batches", "1", "--budget", "0.01"], "matmul"),
         (
             "nets_primitives",
-            ["--encoders", "--batches", "1", "--budget", "0.01"],
+            ["--encoders", "small_cnn_pool2", "--batches", "1", "--budget", "0.01"],
             "small_cnn_pool2",
         ),
     ],

@@ -4,10 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import fast_jit, normal, numpy_params
 
 from dpjax.errors import ConfigError, ShapeError
 from dpjax.nets import ConditionalUnet1D, count_params
-from dpjax.nets.testing import fast_jit, normal, numpy_params
 from dpjax.nets.unet1d import pad_to_multiple
 
 SMALL = dict(action_dim=2, cond_dim=6, down_dims=(16, 32, 64), step_embed_dim=16)
