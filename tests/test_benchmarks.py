@@ -7,6 +7,7 @@ benchmarks exist for, but compiling them takes longer than this whole file may.
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -117,6 +118,100 @@ def test_vs_lerobot_without_lerobot_says_how_to_install(monkeypatch, capsys):
 def test_vs_lerobot_rejects_unmatched_cases():
     with pytest.raises(SystemExit):
         load("vs_lerobot").main(["--sample", "1x7"])
+
+
+def _tiny_unet_params(down_dims=(16, 32)):
+    """A dpjax ConditionalUnet1D parameter tree in the PushT shape, as numpy (nothing compiled)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from dpjax.nets.unet1d import ConditionalUnet1D
+
+    model = ConditionalUnet1D(action_dim=2, cond_dim=36, down_dims=down_dims)
+    args = (jnp.zeros((1, 16, 2)), jnp.zeros((1,), jnp.int32), jnp.zeros((1, 36)))
+    shapes = jax.eval_shape(model.init, jax.random.key(0), *args)
+    rng = np.random.default_rng(0)
+    return jax.tree.map(lambda s: rng.standard_normal(s.shape).astype("f4"), shapes)
+
+
+def _leaf_count(tree) -> int:
+    import jax
+
+    return len(jax.tree.leaves(tree))
+
+
+def test_vs_lerobot_unet_names_reject_a_missing_or_extra_leaf():
+    """The dpjax -> LeRobot UNet conversion names what does not match (needs neither LeRobot
+    nor torch: it checks the names before it imports torch)."""
+    module = load("vs_lerobot")
+    params = _tiny_unet_params()
+    names = module.lerobot_unet_names(params)
+    assert len(names) == _leaf_count(params)
+    assert names[("Upsample1D_0", "kernel")] == ("up_modules.0.2.weight", "conv_transpose")
+    assert names[("ConditionalResidualBlock1D_0", "Dense_0", "kernel")][0] == (
+        "down_modules.0.0.cond_encoder.1.weight"
+    )
+    assert names[("ConditionalResidualBlock1D_6", "Conv1D_0", "bias")][0] == (
+        "up_modules.0.0.residual_conv.bias"
+    )
+
+    del params["params"]["Upsample1D_0"]["bias"]
+    with pytest.raises(ValueError, match=r"missing \(LeRobot needs them\): Upsample1D_0/bias"):
+        module.dpjax_unet_to_lerobot_state_dict(params)
+
+    tree = _tiny_unet_params()["params"]  # without the "params" collection: also accepted
+    residual = tree["ConditionalResidualBlock1D_0"]["Conv1D_0"]
+    tree["ConditionalResidualBlock1D_1"]["Conv1D_0"] = residual  # block 1 keeps its width
+    extra = ", ".join(
+        f"ConditionalResidualBlock1D_1/Conv1D_0/{leaf}" for leaf in ("bias", "kernel")
+    )
+    with pytest.raises(ValueError, match=f"no LeRobot counterpart: {extra}$"):
+        module.lerobot_unet_names(tree)
+    with pytest.raises(ValueError, match="no LeRobot counterpart"):
+        module.dpjax_unet_to_lerobot_state_dict(tree)
+
+
+def test_vs_lerobot_state_dict_moves_the_axes_as_torch_lays_them_out():
+    pytest.importorskip("torch")
+    module = load("vs_lerobot")
+    params = _tiny_unet_params()
+    state = module.dpjax_unet_to_lerobot_state_dict(params)
+    p = params["params"]
+    assert len(state) == _leaf_count(params)
+    dense = p["TimestepEmbedding_0"]["Dense_0"]["kernel"]  # (in, out) -> Linear (out, in)
+    assert (state["diffusion_step_encoder.1.weight"].numpy() == dense.T).all()
+    conv = p["ConditionalResidualBlock1D_0"]["Conv1DBlock_0"]["Conv1D_0"]["kernel"]  # (o, k, i)
+    torch_conv = state["down_modules.0.0.conv1.block.0.weight"].numpy()  # Conv1d (o, i, k)
+    assert torch_conv.shape == (16, 2, 5) and (torch_conv == conv.transpose(0, 2, 1)).all()
+    up = p["Upsample1D_0"]["kernel"]  # (o, k, i), PyTorch's taps -> ConvTranspose1d (i, o, k)
+    assert (state["up_modules.0.2.weight"].numpy() == up.transpose(2, 0, 1)).all()
+    scale = p["Conv1DBlock_0"]["GroupNorm_0"]["scale"]
+    assert (state["final_conv.0.block.1.weight"].numpy() == scale).all()
+
+
+def test_vs_lerobot_parity_unet_matches_lerobot_with_the_same_weights(capsys):
+    """`dpjax bench vs_lerobot --parity` at a tiny width: dpjax's UNet (both conv paths) and
+    LeRobot's, with the same weights, agree to float32 precision. Skips without LeRobot."""
+    module = load("vs_lerobot")
+    lr, reason = module.import_lerobot()
+    if lr is None:
+        pytest.skip(f"LeRobot does not import ({reason}); pip install 'dpjax[lerobot]'")
+    from dpjax.cli import main as cli_main
+
+    # n_groups 4: the residual blocks' groups, while the final block keeps the reference's 8
+    argv = ["bench", "vs_lerobot", "--parity", "--down-dims", "16", "32", "--n-groups", "4",
+            "--parity-batches", "2"]  # fmt: skip
+    assert cli_main(argv) == 0
+    out = capsys.readouterr().out
+    summary = re.search(r"^# max relative error (\S+), tolerance (\S+): PASS$", out, re.M)
+    assert summary, out[-2000:]
+    assert float(summary.group(2)) == module.PARITY_TOLERANCE
+    assert float(summary.group(1)) < module.PARITY_TOLERANCE
+    rows = [line.strip("| ").split(" | ") for line in out.splitlines() if line.startswith("| ")]
+    assert rows[0][-1] == "relative error" and len(rows) == 1 + 2 * 3
+    assert {row[1] for row in rows[1:]} == {"matmul", "lax"}
+    assert all(float(row[-1]) < module.PARITY_TOLERANCE for row in rows[1:])
 
 
 @pytest.mark.parametrize(

@@ -81,6 +81,12 @@ def pad_to_multiple(x: jnp.ndarray, multiple: int) -> jnp.ndarray:
     return jnp.pad(x, ((0, 0), (0, extra), (0, 0))) if extra else x
 
 
+# Diffusion Policy's (and LeRobot's) final Conv1dBlock keeps its default 8 GroupNorm groups
+# whatever n_groups is; matching it keeps their weights' function (benchmarks/vs_lerobot.py
+# --parity checks n_groups 4 too).
+FINAL_BLOCK_GROUPS = 8
+
+
 class ConditionalUnet1D(nn.Module):
     """Denoiser (noisy_actions (B, H, A), timestep (B,), global_cond (B, C)) -> (B, H, A).
 
@@ -104,6 +110,11 @@ class ConditionalUnet1D(nn.Module):
         bad = [d for d in self.down_dims if d % self.n_groups]
         if bad:
             raise ConfigError(f"down_dims {bad} are not divisible by n_groups={self.n_groups}")
+        if self.down_dims[0] % FINAL_BLOCK_GROUPS:
+            raise ConfigError(
+                f"down_dims[0]={self.down_dims[0]} is not divisible by {FINAL_BLOCK_GROUPS}, the "
+                "final block's GroupNorm groups (as in Diffusion Policy's UNet)"
+            )
 
     @nn.compact
     def __call__(
@@ -154,6 +165,6 @@ class ConditionalUnet1D(nn.Module):
             x = ConditionalResidualBlock1D(features, **block)(x, cond)
             x = Upsample1D(**resample)(x)
 
-        x = Conv1DBlock(self.down_dims[0], **block)(x)
+        x = Conv1DBlock(self.down_dims[0], **{**block, "n_groups": FINAL_BLOCK_GROUPS})(x)
         x = Conv1D(self.action_dim, 1, self.conv_impl, self.dtype, self.param_dtype)(x)
         return x[:, :horizon].astype(noisy_actions.dtype)
