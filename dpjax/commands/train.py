@@ -36,6 +36,13 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run")
     parser.add_argument("--print-config", action="store_true", help="print the config and exit")
+    group = parser.add_argument_group(
+        "multi-process runs (jax.distributed.initialize's arguments; TPU pods and SLURM are "
+        "detected without them); every process runs the same command with its own --process-id"
+    )
+    group.add_argument("--coordinator-address", metavar="HOST:PORT", help="process 0's address")
+    group.add_argument("--num-processes", type=int, metavar="N")
+    group.add_argument("--process-id", type=int, metavar="I")
     parser.set_defaults(func=run)
 
 
@@ -45,6 +52,10 @@ def run(args) -> int:
     from dpjax.errors import ConfigError
     from dpjax.policy import load_run_config
     from dpjax.training.loop import describe, train
+    from dpjax.training.step import maybe_initialize_distributed
+
+    # first: jax.distributed must start before anything else touches a JAX backend
+    maybe_initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
 
     resume = bool(args.resume)
     if isinstance(args.resume, str):
@@ -71,6 +82,10 @@ def run(args) -> int:
         print(describe(config))
         return 0
     summary = train(config, run_dir, resume=resume, overwrite=args.overwrite)
+    import jax
+
+    if jax.process_index() != 0:
+        return 0
     print(
         f"trained to step {summary.get('final_step', summary['start_step'])}: "
         f"loss {summary.get('loss', float('nan')):.4f}"

@@ -118,8 +118,16 @@ def train(
             f"rollout_every must be >= 0 and rollout_episodes >= 1, got {config.rollout_every} "
             f"and {config.rollout_episodes}"
         )
-    prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
     step_lib.maybe_initialize_distributed()
+    lead = jax.process_index() == 0  # process 0 alone writes the run's files but checkpoints
+    if jax.process_count() > 1 and config.rollout_every:
+        raise ConfigError(
+            "rollout_every: in-training rollouts run in one process; set rollout_every=0 "
+            "for a multi-process run and evaluate its checkpoints with dpjax eval"
+        )
+    if lead:
+        prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    _sync_processes("run directory ready")
     dataset = load_dataset(config.dataset)
     policy, normalizer, spec = build_policy(config, dataset)
     num_episodes = (
@@ -146,7 +154,8 @@ def train(
     )
     optimizer = step_lib.make_optimizer(config.optim, config.num_steps)
     metadata = {**policy_metadata(config, normalizer, spec), **(extra_metadata or {})}
-    save_json_atomic(run_dir / CONFIG_FILENAME, metadata["config"])
+    if lead:
+        save_json_atomic(run_dir / CONFIG_FILENAME, metadata["config"])
     checkpointer = Checkpointer(run_dir, max_to_keep=config.max_to_keep)
     if resume and checkpointer.latest_step() is not None:
         state, _ = checkpointer.restore(abstract_train_state(policy, config))
@@ -176,11 +185,11 @@ def train(
         else None
     )
     val_key = jax.random.key(config.seed + 12345)
-    log = MetricsLog(run_dir, resume=resume)
+    log = MetricsLog(run_dir, resume=resume) if lead else None
     start_step = int(state.step)
     summary: dict[str, Any] = {"run_dir": str(run_dir), "start_step": start_step}
     bar = tqdm(total=config.num_steps, initial=start_step, desc="train", unit="step",
-               disable=not progress, dynamic_ncols=True)  # fmt: skip
+               disable=not (progress and lead), dynamic_ncols=True)  # fmt: skip
     t_last, steps_since = time.perf_counter(), 0
     try:
         for step in range(start_step + 1, config.num_steps + 1):
@@ -222,7 +231,8 @@ def train(
             if is_rollout:
                 record.update(rollout_metrics(policy, state.ema_params, config, dataset))
                 t_last = time.perf_counter()  # steps_per_sec counts training alone
-            log.write(step, record)
+            if log is not None:
+                log.write(step, record)
             bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['learning_rate']:.1e}")
             if is_ckpt and checkpointer.latest_step() != step:
                 checkpointer.save(step, state, metadata=metadata, val_loss=val_loss)
@@ -231,7 +241,8 @@ def train(
                 break
     finally:
         bar.close()
-        log.close()
+        if log is not None:
+            log.close()
         checkpointer.close()
     return summary
 
@@ -245,6 +256,14 @@ def rollout_metrics(policy, params, config: TrainConfig, dataset) -> dict[str, f
         seed=config.rollout_seed, latency=False,
     )  # fmt: skip
     return {"rollout_score": metrics["score"], "rollout_success": metrics["success_rate"]}
+
+
+def _sync_processes(name: str) -> None:
+    """A barrier across the run's processes (nothing with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"dpjax: {name}")
 
 
 @jax.jit

@@ -125,10 +125,39 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
     return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
-def maybe_initialize_distributed() -> None:
-    """Multi-host: `jax.distributed.initialize()` when the environment describes a cluster."""
-    if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("DPJAX_DISTRIBUTED") == "1":
-        jax.distributed.initialize()
+_DISTRIBUTED = {"initialized": False}
+
+
+def maybe_initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+    """Multi-process: `jax.distributed.initialize` with these arguments when given (all three),
+    or without arguments when the environment describes a cluster (TPU pods, SLURM,
+    JAX_COORDINATOR_ADDRESS; DPJAX_DISTRIBUTED=1 forces it). Once per process, before any
+    other JAX call. On CPU the processes' collectives go through gloo."""
+    if _DISTRIBUTED["initialized"]:
+        return
+    explicit = (coordinator_address, num_processes, process_id)
+    if any(a is not None for a in explicit):
+        if any(a is None for a in explicit):
+            raise ConfigError("--coordinator-address, --num-processes and --process-id go together")
+        if not 0 <= process_id < num_processes:
+            raise ConfigError(f"process id {process_id} is not in [0, {num_processes})")
+        kwargs = dict(
+            coordinator_address=coordinator_address,
+            num_processes=num_processes,
+            process_id=process_id,
+        )
+    elif os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("DPJAX_DISTRIBUTED") == "1":
+        kwargs = {}
+    else:
+        return
+    # the CPU backend's cross-process collectives (GPUs and TPUs use their own)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**kwargs)
+    _DISTRIBUTED["initialized"] = True
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -211,4 +240,19 @@ def make_eval_loss(
 
 
 def put_replicated(tree, mesh: Mesh):
-    return jax.device_put(tree, replicated(mesh))
+    """`tree` (host or single-device arrays, the same in every process) on every device of
+    `mesh`. Across processes each one builds its own devices' copies (device_put only
+    reaches this process's devices)."""
+    sharding = replicated(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def put(x):
+        if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(
+                put(jax.random.key_data(x)), impl=jax.random.key_impl(x)
+            )
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree.map(put, tree)
