@@ -84,7 +84,9 @@ def measure(denoiser: str, repeats: int) -> dict:
     for checksums in (True, False):
         saves, restores = [], []
         with tempfile.TemporaryDirectory() as directory:
-            with Checkpointer(directory, max_to_keep=1, verify_checksums=checksums) as ckpt:
+            # every step kept: a save then never also deletes the previous 1 GB step
+            keep = repeats + 1
+            with Checkpointer(directory, max_to_keep=keep, verify_checksums=checksums) as ckpt:
                 for step in range(repeats):
                     t0 = time.perf_counter()
                     ckpt.save(step, state, metadata={"step": step})

@@ -323,17 +323,32 @@ class Checkpointer:
 
     def _which(self, best: bool) -> str:
         """The manager holding the best step: `checkpoints/`, or the `best/` directory of a
-        run written before (when no step in `checkpoints/` has a val_loss)."""
+        run written before, when its validation loss is lower (or nothing in `checkpoints/`
+        has one: a resumed older run keeps its best until a step beats it)."""
         if not best or _BEST not in self._managers:
             return _CHECKPOINTS
         checkpoints = self._managers[_CHECKPOINTS]
         checkpoints.reload()
-        return _CHECKPOINTS if checkpoints.best_step() is not None else _BEST
+        step = checkpoints.best_step()
+        if step is None:
+            return _BEST
+        legacy = self._managers[_BEST].latest_step()
+        try:
+            old = self._read_items(_BEST, legacy, (_LAYOUT,))[_LAYOUT].get("val_loss")
+        except CheckpointError:
+            return _CHECKPOINTS
+        new = (checkpoints.metrics(step) or {}).get("val_loss")
+        return _BEST if old is not None and (new is None or old < new) else _CHECKPOINTS
 
     def _resolve_step(self, step: int | None, best: bool) -> int:
         which = self._which(best)
         steps = self.all_steps(best=best)
         if not steps:
+            if best and self.all_steps():
+                raise CheckpointError(
+                    f"no kept checkpoint in {self.directory / _CHECKPOINTS} has a validation "
+                    "loss, so none is the best (train with val_fraction > 0)"
+                )
             raise CheckpointError(f"no checkpoint in {self.directory / which}")
         if step is None:
             return steps[-1]

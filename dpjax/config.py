@@ -49,7 +49,8 @@ class MLPConfig:
 @dataclasses.dataclass(frozen=True)
 class UNet1DConfig:
     """Diffusion Policy's ConditionalUnet1D: Conv1d residual blocks at widths `down_dims`,
-    FiLM from [step embedding, conditioning], GroupNorm of `n_groups` (`dpjax.nets`)."""
+    FiLM from [step embedding, conditioning], GroupNorm of `n_groups` in the residual blocks
+    and, as in the reference, 8 in the final block (`dpjax.nets`)."""
 
     name: typing.ClassVar[str] = "unet1d"
     down_dims: tuple[int, ...] = (256, 512, 1024)

@@ -171,7 +171,9 @@ def recipe(config) -> dict[str, Any]:
     pc = config.policy
     return {
         "denoiser": pc.denoiser.name,
-        "hidden_dims": list(getattr(pc.denoiser, "hidden_dims", pc.bc_head.hidden_dims)),
+        "hidden_dims": list(
+            pc.bc_head.hidden_dims if pc.kind == "bc" else getattr(pc.denoiser, "hidden_dims", [])
+        ),
         "prediction_type": pc.prediction_type,
         "sampler": pc.sampler,
         "num_inference_steps": pc.num_inference_steps,

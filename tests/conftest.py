@@ -8,6 +8,7 @@ subprocess they start lets each program compile once. Tests that need their own 
 to compile everything afresh.
 """
 
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -20,9 +21,15 @@ def pytest_configure(config):
         return  # a worker (inherited from the controller), or the caller chose
     directory = tempfile.mkdtemp(prefix="dpjax-test-jax-cache-")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = directory
+    # A size limit turns on JAX's file lock around cache writes: without it a worker can
+    # read another's half-written entry (JAX then recompiles, but warns on stderr, which the
+    # one-line-error tests count).
+    if importlib.util.find_spec("filelock"):  # what JAX locks with (torch brings it)
+        os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(2**34)
     os.environ[_OWNED] = str(os.getpid())
 
 
 def pytest_unconfigure(config):
     if os.environ.get(_OWNED) == str(os.getpid()):
+        os.environ.pop("JAX_COMPILATION_CACHE_MAX_SIZE", None)
         shutil.rmtree(os.environ.pop("JAX_COMPILATION_CACHE_DIR"), ignore_errors=True)

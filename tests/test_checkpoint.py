@@ -118,6 +118,20 @@ def test_a_run_with_the_older_best_directory_still_restores_its_best(tmp_path):
         best, meta = ckpt.restore(abstract(make_state()), best=True)
         assert_bitwise_equal(best, make_state(20))
         assert meta == {"step": 20} and ckpt.best_val_loss == 1.0
+    # Resumed: a worse new step leaves the old best the best; a better one takes over.
+    with Checkpointer(tmp_path, max_to_keep=2) as ckpt:
+        ckpt.save(60, make_state(60), metadata={"step": 60}, val_loss=1.5)
+        assert ckpt.all_steps(best=True) == [20] and ckpt.best_val_loss == 1.0
+        ckpt.save(70, make_state(70), metadata={"step": 70}, val_loss=0.5)
+        assert ckpt.all_steps(best=True) == [70] and ckpt.best_val_loss == 0.5
+        assert_bitwise_equal(ckpt.restore(abstract(make_state()), best=True)[0], make_state(70))
+
+
+def test_best_without_any_validation_loss_says_so(tmp_path):
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(5, make_state(5), metadata={"step": 5})
+        with pytest.raises(CheckpointError, match="no kept checkpoint .* has a validation loss"):
+            ckpt.restore(abstract(make_state()), best=True)
 
 
 def test_empty_or_missing_directory_raises(tmp_path):

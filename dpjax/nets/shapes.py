@@ -2,7 +2,6 @@
 
 from collections.abc import Sequence
 
-import chex
 import jax.numpy as jnp
 
 from dpjax.errors import ShapeError
@@ -17,14 +16,16 @@ def format_shape(expected: Dims) -> str:
 
 
 def check_shape(name: str, x: jnp.ndarray, expected: Dims) -> None:
-    """Raises ShapeError unless `x.shape` matches `expected` (None and str match any size):
-    chex.assert_shape's check, with the typed error and message the rest of dpjax gives."""
-    try:
-        chex.assert_shape(x, [d if isinstance(d, int) else None for d in expected])
-    except AssertionError:
-        raise ShapeError(
-            f"{name}: expected shape {format_shape(expected)}, got {tuple(x.shape)}"
-        ) from None
+    """Raises ShapeError unless `x.shape` matches `expected` (None and str match any size).
+
+    Not chex.assert_shape: `chex.disable_asserts()`, which users call for speed, would switch
+    off the input checks that dpjax's bad-input errors rely on."""
+    shape = tuple(x.shape)
+    ok = len(shape) == len(expected) and all(
+        not isinstance(e, int) or s == e for s, e in zip(shape, expected, strict=False)
+    )
+    if not ok:
+        raise ShapeError(f"{name}: expected shape {format_shape(expected)}, got {shape}")
 
 
 def broadcast_timestep(timestep: jnp.ndarray, batch: int) -> jnp.ndarray:
