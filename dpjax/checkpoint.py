@@ -297,13 +297,11 @@ class Checkpointer:
 
     def all_steps(self, *, best: bool = False) -> list[int]:
         """Every kept step (the best among them), or with `best` the best step alone."""
-        if best and not self.keep_best:
-            raise ConfigError("this Checkpointer was created with keep_best=False")
-        manager = self._managers[self._which(best)]
+        if best:
+            step = self._best()[1]
+            return [] if step is None else [step]
+        manager = self._managers[_CHECKPOINTS]
         manager.reload()
-        if best and manager is self._managers[_CHECKPOINTS]:
-            step = manager.best_step()  # None when no kept step has a val_loss
-            return [] if step is None else [int(step)]
         return sorted(int(s) for s in manager.all_steps())
 
     def latest_step(self, *, best: bool = False) -> int | None:
@@ -312,37 +310,51 @@ class Checkpointer:
 
     @property
     def best_val_loss(self) -> float | None:
-        step = self.latest_step(best=True) if self.keep_best else None
+        """The best step's validation loss (read from its layout), or None."""
+        if not self.keep_best:
+            return None
+        which, step = self._best()
         if step is None:
             return None
-        layout = self._read_items(self._which(True), step, (_LAYOUT,))[_LAYOUT]
-        return layout.get("val_loss")
+        return self._read_items(which, step, (_LAYOUT,))[_LAYOUT].get("val_loss")
 
     def step_dir(self, step: int, *, best: bool = False) -> Path:
-        return Path(self._managers[self._which(best)].directory) / str(step)
+        which = self._best()[0] if best else _CHECKPOINTS
+        return Path(self._managers[which].directory) / str(step)
 
-    def _which(self, best: bool) -> str:
-        """The manager holding the best step: `checkpoints/`, or the `best/` directory of a
-        run written before, when its validation loss is lower (or nothing in `checkpoints/`
-        has one: a resumed older run keeps its best until a step beats it)."""
-        if not best or _BEST not in self._managers:
-            return _CHECKPOINTS
+    def _best(self) -> tuple[str, int | None]:
+        """(manager, step) of the best checkpoint, step None when no kept step has a
+        val_loss: in `checkpoints/`, or in the `best/` directory of a run written before when
+        its validation loss is lower (or nothing in `checkpoints/` has one: a resumed older
+        run keeps its best until a step beats it)."""
+        if not self.keep_best:
+            raise ConfigError("this Checkpointer was created with keep_best=False")
         checkpoints = self._managers[_CHECKPOINTS]
         checkpoints.reload()
         step = checkpoints.best_step()
-        if step is None:
-            return _BEST
+        step = None if step is None else int(step)
+        if _BEST not in self._managers:
+            return _CHECKPOINTS, step
         legacy = self._managers[_BEST].latest_step()
+        legacy = None if legacy is None else int(legacy)
+        if step is None:
+            return _BEST, legacy
         try:
             old = self._read_items(_BEST, legacy, (_LAYOUT,))[_LAYOUT].get("val_loss")
         except CheckpointError:
-            return _CHECKPOINTS
+            return _CHECKPOINTS, step
         new = (checkpoints.metrics(step) or {}).get("val_loss")
-        return _BEST if old is not None and (new is None or old < new) else _CHECKPOINTS
+        if old is not None and (new is None or old < new):
+            return _BEST, legacy
+        return _CHECKPOINTS, step
 
-    def _resolve_step(self, step: int | None, best: bool) -> int:
-        which = self._which(best)
-        steps = self.all_steps(best=best)
+    def _resolve_step(self, step: int | None, best: bool) -> tuple[str, int]:
+        """(manager, step) to restore: `step`, or the latest (the best with `best`)."""
+        if best:
+            which, best_step = self._best()
+            steps = [] if best_step is None else [best_step]
+        else:
+            which, steps = _CHECKPOINTS, self.all_steps()
         if not steps:
             if best and self.all_steps():
                 raise CheckpointError(
@@ -351,27 +363,25 @@ class Checkpointer:
                 )
             raise CheckpointError(f"no checkpoint in {self.directory / which}")
         if step is None:
-            return steps[-1]
+            return which, steps[-1]
         if int(step) not in steps:
             raise CheckpointError(
                 f"no checkpoint for step {step} in {self.directory / which}; "
                 f"available steps: {steps}"
             )
-        return int(step)
+        return which, int(step)
 
     # ------------------------------------------------------------------------- restore
 
     def restore_metadata(self, step: int | None = None, *, best: bool = False) -> dict:
-        which = self._which(best)
-        step = self._resolve_step(step, best)
+        which, step = self._resolve_step(step, best)
         return self._read_items(which, step, (_METADATA,))[_METADATA]
 
     def restore(self, abstract_state, step: int | None = None, *, best: bool = False):
         """Returns `(state, metadata)` restored into the structure, shapes, dtypes and
         shardings of `abstract_state` (arrays or `jax.ShapeDtypeStruct`s)."""
-        which = self._which(best)
-        step = self._resolve_step(step, best)
-        path = self.step_dir(step, best=best)
+        which, step = self._resolve_step(step, best)
+        path = Path(self._managers[which].directory) / str(step)
         layout = self._read_items(which, step, (_LAYOUT,))[_LAYOUT]
         saved = layout.get("leaves") if isinstance(layout, dict) else None
         if not isinstance(saved, dict):
