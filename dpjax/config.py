@@ -394,10 +394,8 @@ def to_dict(config: Any) -> dict[str, Any]:
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if dataclasses.is_dataclass(value):
-            value = to_dict(value)
-            name = getattr(type(getattr(config, f.name)), "name", None)
-            if isinstance(name, str):
-                value = {"name": name, **value}
+            name = getattr(type(value), "name", None)
+            value = to_dict(value) if name is None else {"name": name, **to_dict(value)}
         out[f.name] = _copy_lists(value)
     return out
 
@@ -438,8 +436,9 @@ def from_dict(cls: type, data: Mapping[str, Any]) -> Any:
 
 
 # The denoiser and BC head sizes that PolicyConfig held flat before they had configs.
-_FLAT_POLICY_FIELDS = ("hidden_dims", "down_dims", "kernel_size", "n_groups", "step_embed_dim",
-                       "width", "num_layers", "num_heads", "causal", "num_hypotheses")  # fmt: skip
+_FLAT_POLICY_FIELDS = frozenset(
+    f.name for c in (*DENOISER_CONFIGS.values(), BCHeadConfig) for f in dataclasses.fields(c)
+)
 
 
 def _nest_flat_policy(data: Mapping[str, Any]) -> dict[str, Any]:

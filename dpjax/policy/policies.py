@@ -40,9 +40,9 @@ def _build_encoder(config: PolicyConfig) -> ObservationEncoder:
         output="tokens" if tokens else "vector",
         low_dim_features=config.low_dim_features,
         image_encoder=config.image_encoder,
-        token_dim=config.denoiser.width if tokens else ObservationEncoder.token_dim,
         crop_hw=config.crop_hw,
         dtype=DTYPES[config.dtype],
+        **({"token_dim": config.denoiser.width} if tokens else {}),
     )
 
 
