@@ -255,17 +255,6 @@ def training_rows(lr, batches, seconds: float) -> list[dict]:
 _BLOCK = re.compile(r"ConditionalResidualBlock1D_(\d+)$")
 
 
-def _flatten(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-    flat = {}
-    for key, value in tree.items():
-        path = (*prefix, str(key))
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, path))
-        else:
-            flat[path] = value
-    return flat
-
-
 def _width(flat: Mapping[tuple[str, ...], Any], block: str) -> int | None:
     """Output channels of a residual block, from whichever of its leaves is there."""
     for path, leaf in flat.items():
@@ -319,8 +308,10 @@ def lerobot_unet_names(params: Mapping) -> dict[tuple[str, ...], tuple[str, str]
     widths the down_dims); raises ValueError naming every leaf that is missing or has no
     LeRobot counterpart.
     """
+    from flax.traverse_util import flatten_dict
+
     tree = params["params"] if set(params) == {"params"} else params
-    flat = _flatten(tree)
+    flat = flatten_dict(dict(tree))
     blocks = sorted({int(m.group(1)) for m in map(_BLOCK.match, (p[0] for p in flat)) if m})
     levels = max(1, round(len(blocks) / 4))  # per level: 2 down, 2 up (but the coarsest); 2 mid
     down_dims = []
@@ -387,9 +378,10 @@ def dpjax_unet_to_lerobot_state_dict(params: Mapping) -> dict[str, Any]:
     names = lerobot_unet_names(params)  # before torch: a mismatch is reported without it
     import numpy as np
     import torch
+    from flax.traverse_util import flatten_dict
 
     tree = params["params"] if set(params) == {"params"} else params
-    flat = _flatten(tree)
+    flat = flatten_dict(dict(tree))
     axes = {"copy": None, "dense": (1, 0), "conv": (0, 2, 1), "conv_transpose": (2, 0, 1)}
     state = {}
     for path, (name, kind) in names.items():
