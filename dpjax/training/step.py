@@ -125,9 +125,6 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
     return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
-_DISTRIBUTED = {"initialized": False}
-
-
 def maybe_initialize_distributed(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
@@ -137,7 +134,7 @@ def maybe_initialize_distributed(
     or without arguments when the environment describes a cluster (TPU pods, SLURM,
     JAX_COORDINATOR_ADDRESS; DPJAX_DISTRIBUTED=1 forces it). Once per process, before any
     other JAX call. On CPU the processes' collectives go through gloo."""
-    if _DISTRIBUTED["initialized"]:
+    if jax.distributed.is_initialized():
         return
     explicit = (coordinator_address, num_processes, process_id)
     if any(a is not None for a in explicit):
@@ -157,7 +154,6 @@ def maybe_initialize_distributed(
     # the CPU backend's cross-process collectives (GPUs and TPUs use their own)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)
-    _DISTRIBUTED["initialized"] = True
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
