@@ -235,6 +235,9 @@ class TrainConfig:
     val_fraction: float = 0.05
     val_batches: int = 4
     num_devices: int | None = None
+    # Devices per FSDP group (1: data parallel, every device holds the whole train state).
+    # N > 1: parameters, EMA and optimizer state of arrays >= 64 KiB are split N ways.
+    fsdp_devices: int = 1
     max_episodes: int | None = None
     # Closed-loop rollouts of the EMA policy during training (0: never): every N steps (a
     # checkpoint is saved there too), `rollout_episodes` episodes on the dataset's task from

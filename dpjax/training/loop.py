@@ -141,7 +141,7 @@ def train(
         action_horizon=pc.action_horizon,
         observation_keys=[*pc.low_dim_keys, *pc.image_keys],
     )
-    mesh = step_lib.make_mesh(config.num_devices)
+    mesh = step_lib.make_mesh(config.num_devices, config.fsdp_devices)
     train_data = step_lib.put_replicated(
         make_window_data([dataset[int(i)] for i in train_ids], **horizons), mesh
     )
@@ -157,8 +157,11 @@ def train(
     if lead:
         save_json_atomic(run_dir / CONFIG_FILENAME, metadata["config"])
     checkpointer = Checkpointer(run_dir, max_to_keep=config.max_to_keep)
+    abstract = abstract_train_state(policy, config)
+    state_sharding = step_lib.state_shardings(abstract, mesh)
     if resume and checkpointer.latest_step() is not None:
-        state, _ = checkpointer.restore(abstract_train_state(policy, config))
+        # straight into this mesh's layout, whatever the device count that saved it
+        state, _ = checkpointer.restore(_with_shardings(abstract, state_sharding))
     else:
         key = jax.random.key(config.seed)
         if objective is None or objective.init_params is None:
@@ -166,21 +169,25 @@ def train(
         else:  # copied: the train state is donated to each step, `frozen` may share buffers
             params = jax.tree.map(jnp.array, objective.init_params)
         state = step_lib.init_train_state(params, optimizer, jax.random.fold_in(key, 1))
-    state = step_lib.put_replicated(state, mesh)
+        state = step_lib.put_on_mesh(state, state_sharding)
     # The standard objective (uniform timesteps, unweighted) validates: runs with different
     # timestep sampling or loss weighting report comparable validation losses.
     loss_fn, val_loss_fn = policy.loss, policy.validation_loss
     frozen: tuple = ()
+    frozen_sharding = None
     if objective is not None:
         loss_fn = val_loss_fn = objective.loss
-        frozen = (step_lib.put_replicated(objective.frozen, mesh),)
+        frozen_sharding = step_lib.state_shardings(objective.frozen, mesh)
+        frozen = (step_lib.put_on_mesh(objective.frozen, frozen_sharding),)
     step_fn = step_lib.make_train_step(
-        loss_fn, optimizer, config.optim, mesh, config.batch_size, config.num_steps, bool(frozen)
-    )
+        loss_fn, optimizer, config.optim, mesh, config.batch_size, config.num_steps,
+        bool(frozen), state_sharding, frozen_sharding,
+    )  # fmt: skip
     eval_fn = (
         step_lib.make_eval_loss(
-            val_loss_fn, mesh, config.batch_size, config.val_batches, bool(frozen)
-        )
+            val_loss_fn, mesh, config.batch_size, config.val_batches, bool(frozen),
+            state_sharding.ema_params, frozen_sharding,
+        )  # fmt: skip
         if val_data is not None
         else None
     )
@@ -256,6 +263,13 @@ def rollout_metrics(policy, params, config: TrainConfig, dataset) -> dict[str, f
         seed=config.rollout_seed, latency=False,
     )  # fmt: skip
     return {"rollout_score": metrics["score"], "rollout_success": metrics["success_rate"]}
+
+
+def _with_shardings(abstract, shardings):
+    """`abstract` (ShapeDtypeStructs) placed by `shardings`: what a restore reads into."""
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
 
 
 def _sync_processes(name: str) -> None:

@@ -1,11 +1,15 @@
-"""Train state, optimizer, EMA and the data-parallel train step over a device mesh.
+"""Train state, optimizer, EMA and the data-parallel / FSDP train step over a device mesh.
 
-The global batch is sampled inside the jitted step from the dataset held on every device
-(`dpjax.data.sample_windows`), then constrained to be sharded over the mesh's "data" axis:
-XLA's SPMD partitioner gives each device its slice of the batch and all-reduces the
-gradients. The same code runs on one CPU, 8 simulated CPU devices, a GPU, or a multi-host
-TPU pod (call `maybe_initialize_distributed()` first); the result depends only on the
-global batch, not on the device count (up to float reduction order).
+The mesh has two axes, "data" and "fsdp" (`make_mesh`). The global batch is sampled inside
+the jitted step from the dataset held on every device (`dpjax.data.sample_windows`), then
+constrained to be split over all devices: XLA's SPMD partitioner gives each device its slice
+of the batch and all-reduces the gradients. With an fsdp axis of N > 1 (`fsdp_devices`), the
+large arrays of the train state (parameters, EMA, optimizer moments) are split N ways as
+well (`state_shardings`), so each device holds ~1/N of them; XLA gathers a parameter where
+the step uses it and reduce-scatters its gradient. The same code runs on one CPU, 8
+simulated CPU devices, a GPU, or a multi-host TPU pod (call `maybe_initialize_distributed()`
+first); the result depends only on the global batch, not on the device count or the
+sharding (up to float reduction order).
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ from dpjax.data.windows import WindowData, sample_windows
 from dpjax.errors import ConfigError
 
 DATA_AXIS = "data"
+FSDP_AXIS = "fsdp"
+# Arrays smaller than this stay replicated under FSDP: sharding them saves little memory and
+# adds a gather each (biases, norms, small projections).
+FSDP_MIN_BYTES = 1 << 16
 
 
 @flax.struct.dataclass
@@ -115,14 +123,21 @@ def init_train_state(params, optimizer: optax.GradientTransformation, rng: jax.A
     )
 
 
-def make_mesh(num_devices: int | None = None) -> Mesh:
-    """A 1-D mesh over the first `num_devices` devices (all by default), axis "data"."""
+def make_mesh(num_devices: int | None = None, fsdp_devices: int = 1) -> Mesh:
+    """A (data, fsdp) mesh over the first `num_devices` devices (all by default): groups of
+    `fsdp_devices` consecutive devices (one process's, where it has that many) share the
+    large arrays of the train state; the batch is split over every device."""
     devices = jax.devices()
     if num_devices is not None:
         if not 1 <= num_devices <= len(devices):
             raise ConfigError(f"num_devices={num_devices}, but {len(devices)} device(s) exist")
         devices = devices[:num_devices]
-    return Mesh(np.asarray(devices), (DATA_AXIS,))
+    if fsdp_devices < 1 or len(devices) % fsdp_devices:
+        raise ConfigError(
+            f"fsdp_devices={fsdp_devices} must be >= 1 and divide the {len(devices)} device(s)"
+        )
+    grid = np.asarray(devices).reshape(len(devices) // fsdp_devices, fsdp_devices)
+    return Mesh(grid, (DATA_AXIS, FSDP_AXIS))
 
 
 def maybe_initialize_distributed(
@@ -161,7 +176,45 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharded(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    """The leading (batch) axis split over every device of the mesh."""
+    return NamedSharding(mesh, PartitionSpec((DATA_AXIS, FSDP_AXIS)))
+
+
+def fsdp_spec(shape: tuple[int, ...], itemsize: int, fsdp_devices: int) -> PartitionSpec:
+    """Where an array of `shape` lives under FSDP: split along its largest axis that the
+    `fsdp_devices` divide, if it holds at least FSDP_MIN_BYTES; else replicated."""
+    size = int(np.prod(shape, dtype=np.int64)) * itemsize
+    if fsdp_devices == 1 or size < FSDP_MIN_BYTES:
+        return PartitionSpec()
+    for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
+        if shape[axis] % fsdp_devices == 0:
+            return PartitionSpec(*[FSDP_AXIS if a == axis else None for a in range(len(shape))])
+    return PartitionSpec()
+
+
+def state_shardings(tree, mesh: Mesh):
+    """A NamedSharding per leaf of `tree` (arrays or ShapeDtypeStructs: a train state, a
+    teacher's parameters): `fsdp_spec` over the mesh's fsdp axis; PRNG keys and small
+    arrays replicated. With an fsdp axis of 1 everything is replicated (data parallel)."""
+    fsdp_devices = mesh.shape[FSDP_AXIS]
+
+    def sharding(x) -> NamedSharding:
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return replicated(mesh)
+        return NamedSharding(mesh, fsdp_spec(x.shape, np.dtype(x.dtype).itemsize, fsdp_devices))
+
+    return jax.tree.map(sharding, tree)
+
+
+def bytes_per_device(tree) -> dict:
+    """{device: bytes of `tree`'s arrays held there} (this process's devices)."""
+    totals: dict = {}
+    for leaf in jax.tree.leaves(tree):
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        for shard in leaf.addressable_shards:
+            totals[shard.device] = totals.get(shard.device, 0) + shard.data.nbytes
+    return totals
 
 
 LossFn = Callable[[Any, dict, jax.Array], tuple[jnp.ndarray, dict]]
@@ -175,12 +228,17 @@ def make_train_step(
     batch_size: int,
     num_steps: int,
     with_frozen: bool = False,
+    state_sharding: Any = None,
+    frozen_sharding: Any = None,
 ):
-    """Jitted `(state, data: WindowData) -> (state, metrics)`; state replicated, batch sharded.
+    """Jitted `(state, data: WindowData) -> (state, metrics)`; batch sharded over the mesh.
 
     `batch_size` is the global batch; it must divide evenly over the mesh. `with_frozen`:
     the step is `(state, data, frozen)` and the loss `loss_fn(params, batch, key, frozen)`,
     where `frozen` is a pytree that is read, never trained (a distillation teacher's params).
+    `state_sharding` / `frozen_sharding`: where the train state / frozen tree live (a
+    sharding or a tree of them, `state_shardings`); replicated by default. Under FSDP XLA
+    gathers each sharded parameter where the step needs it and reduce-scatters its gradient.
     """
     num_devices = mesh.devices.size
     if batch_size % num_devices:
@@ -206,19 +264,28 @@ def make_train_step(
         new_state = TrainState(new_step, params, ema_params, opt_state, rng)
         return new_state, metrics
 
+    state_sharding = replicated(mesh) if state_sharding is None else state_sharding
+    frozen_sharding = replicated(mesh) if frozen_sharding is None else frozen_sharding
     return jax.jit(
         step,
-        in_shardings=(replicated(mesh),) * (3 if with_frozen else 2),
-        out_shardings=(replicated(mesh), replicated(mesh)),
+        in_shardings=(state_sharding, replicated(mesh))
+        + ((frozen_sharding,) if with_frozen else ()),
+        out_shardings=(state_sharding, replicated(mesh)),
         donate_argnums=(0,),
     )
 
 
 def make_eval_loss(
-    loss_fn: LossFn, mesh: Mesh, batch_size: int, num_batches: int, with_frozen: bool = False
+    loss_fn: LossFn,
+    mesh: Mesh,
+    batch_size: int,
+    num_batches: int,
+    with_frozen: bool = False,
+    params_sharding: Any = None,
+    frozen_sharding: Any = None,
 ):
     """Jitted `(params, data, key[, frozen]) -> mean loss` over `num_batches` fixed-key
-    batches (`frozen` as in `make_train_step`)."""
+    batches (`frozen` and the shardings as in `make_train_step`)."""
 
     def evaluate(params, data: WindowData, key: jax.Array, *frozen):
         def one(carry, k):
@@ -231,24 +298,33 @@ def make_eval_loss(
         total, _ = jax.lax.scan(one, jnp.zeros(()), jax.random.split(key, num_batches))
         return total / num_batches
 
-    shardings = (replicated(mesh), replicated(mesh), None)
-    return jax.jit(evaluate, in_shardings=shardings + ((replicated(mesh),) if with_frozen else ()))
+    params_sharding = replicated(mesh) if params_sharding is None else params_sharding
+    frozen_sharding = replicated(mesh) if frozen_sharding is None else frozen_sharding
+    shardings = (params_sharding, replicated(mesh), None)
+    return jax.jit(evaluate, in_shardings=shardings + ((frozen_sharding,) if with_frozen else ()))
 
 
 def put_replicated(tree, mesh: Mesh):
     """`tree` (host or single-device arrays, the same in every process) on every device of
-    `mesh`. Across processes each one builds its own devices' copies (device_put only
-    reaches this process's devices)."""
-    sharding = replicated(mesh)
+    `mesh`."""
+    return put_on_mesh(tree, replicated(mesh))
+
+
+def put_on_mesh(tree, sharding):
+    """`tree` (host or single-device arrays, the same in every process) placed by `sharding`
+    (one for every leaf, or a tree of them). Across processes each one builds its own
+    devices' shards (device_put only reaches this process's devices)."""
     if jax.process_count() == 1:
         return jax.device_put(tree, sharding)
 
-    def put(x):
+    def put(x, where):
         if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
             return jax.random.wrap_key_data(
-                put(jax.random.key_data(x)), impl=jax.random.key_impl(x)
+                put(jax.random.key_data(x), where), impl=jax.random.key_impl(x)
             )
         x = np.asarray(x)
-        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+        return jax.make_array_from_callback(x.shape, where, lambda index: x[index])
 
-    return jax.tree.map(put, tree)
+    if isinstance(sharding, jax.sharding.Sharding):
+        return jax.tree.map(lambda x: put(x, sharding), tree)
+    return jax.tree.map(put, tree, sharding)
