@@ -185,8 +185,13 @@ def train(
     )  # fmt: skip
     eval_fn = (
         step_lib.make_eval_loss(
-            val_loss_fn, mesh, config.batch_size, config.val_batches, bool(frozen),
-            state_sharding.ema_params, frozen_sharding,
+            val_loss_fn,
+            mesh,
+            config.batch_size,
+            config.val_batches,
+            bool(frozen),
+            state_sharding.ema_params,
+            frozen_sharding,
         )  # fmt: skip
         if val_data is not None
         else None
