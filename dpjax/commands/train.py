@@ -51,8 +51,8 @@ def run(args) -> int:
     from dpjax.config import TrainConfig
     from dpjax.errors import ConfigError
     from dpjax.policy import load_run_config
+    from dpjax.training.distributed import maybe_initialize_distributed
     from dpjax.training.loop import describe, train
-    from dpjax.training.step import maybe_initialize_distributed
 
     # first: jax.distributed must start before anything else touches a JAX backend
     maybe_initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)

@@ -39,6 +39,7 @@ from dpjax.policy.loading import (
     build_policy,
     policy_metadata,
 )
+from dpjax.training import distributed
 from dpjax.training import step as step_lib
 from dpjax.training.logs import METRICS_FILENAME, MetricsLog
 
@@ -108,8 +109,6 @@ def train(
     `objective` replaces the policy's loss (and validation loss) and its initialization
     (`dpjax.distill`); `extra_metadata` is stored with every checkpoint (e.g. the teacher).
     """
-    from tqdm import tqdm
-
     run_dir = Path(run_dir)
     if not config.dataset:
         raise ConfigError("config.dataset is empty: set it to a dataset directory")
@@ -118,7 +117,17 @@ def train(
             f"rollout_every must be >= 0 and rollout_episodes >= 1, got {config.rollout_every} "
             f"and {config.rollout_episodes}"
         )
-    step_lib.maybe_initialize_distributed()
+    distributed.maybe_initialize_distributed()
+    # a process that dies makes the others stop with a message instead of waiting forever
+    with distributed.PeerWatchdog(lambda: _resume_advice(run_dir)):
+        return _train(config, run_dir, resume, overwrite, progress, stop_at_step, objective,
+                      extra_metadata)  # fmt: skip
+
+
+def _train(config, run_dir, resume, overwrite, progress, stop_at_step, objective,
+           extra_metadata) -> dict[str, Any]:  # fmt: skip
+    from tqdm import tqdm
+
     lead = jax.process_index() == 0  # process 0 alone writes the run's files but checkpoints
     if jax.process_count() > 1 and config.rollout_every:
         raise ConfigError(
@@ -127,7 +136,7 @@ def train(
         )
     if lead:
         prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
-    _sync_processes("run directory ready")
+    distributed.sync_processes("run directory ready")
     dataset = load_dataset(config.dataset)
     policy, normalizer, spec = build_policy(config, dataset)
     num_episodes = (
@@ -277,12 +286,13 @@ def _with_shardings(abstract, shardings):
     )
 
 
-def _sync_processes(name: str) -> None:
-    """A barrier across the run's processes (nothing with one process)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(f"dpjax: {name}")
+def _resume_advice(run_dir: Path) -> str:
+    steps = [int(p.name) for p in (run_dir / "checkpoints").glob("*") if p.name.isdigit()]
+    where = f"the last checkpoint is step {max(steps)}" if steps else "no checkpoint yet"
+    return (
+        f"Run directory {run_dir}: {where}; start every process again with "
+        f"--resume {run_dir} (and the same process flags) to continue."
+    )
 
 
 @jax.jit

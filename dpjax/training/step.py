@@ -7,14 +7,13 @@ of the batch and all-reduces the gradients. With an fsdp axis of N > 1 (`fsdp_de
 large arrays of the train state (parameters, EMA, optimizer moments) are split N ways as
 well (`state_shardings`), so each device holds ~1/N of them; XLA gathers a parameter where
 the step uses it and reduce-scatters its gradient. The same code runs on one CPU, 8
-simulated CPU devices, a GPU, or a multi-host TPU pod (call `maybe_initialize_distributed()`
-first); the result depends only on the global batch, not on the device count or the
-sharding (up to float reduction order).
+simulated CPU devices, a GPU, or a multi-host TPU pod (`dpjax.training.distributed` starts
+the processes); the result depends only on the global batch, not on the device count or
+the sharding (up to float reduction order).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -138,37 +137,6 @@ def make_mesh(num_devices: int | None = None, fsdp_devices: int = 1) -> Mesh:
         )
     grid = np.asarray(devices).reshape(len(devices) // fsdp_devices, fsdp_devices)
     return Mesh(grid, (DATA_AXIS, FSDP_AXIS))
-
-
-def maybe_initialize_distributed(
-    coordinator_address: str | None = None,
-    num_processes: int | None = None,
-    process_id: int | None = None,
-) -> None:
-    """Multi-process: `jax.distributed.initialize` with these arguments when given (all three),
-    or without arguments when the environment describes a cluster (TPU pods, SLURM,
-    JAX_COORDINATOR_ADDRESS; DPJAX_DISTRIBUTED=1 forces it). Once per process, before any
-    other JAX call. On CPU the processes' collectives go through gloo."""
-    if jax.distributed.is_initialized():
-        return
-    explicit = (coordinator_address, num_processes, process_id)
-    if any(a is not None for a in explicit):
-        if any(a is None for a in explicit):
-            raise ConfigError("--coordinator-address, --num-processes and --process-id go together")
-        if not 0 <= process_id < num_processes:
-            raise ConfigError(f"process id {process_id} is not in [0, {num_processes})")
-        kwargs = dict(
-            coordinator_address=coordinator_address,
-            num_processes=num_processes,
-            process_id=process_id,
-        )
-    elif os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("DPJAX_DISTRIBUTED") == "1":
-        kwargs = {}
-    else:
-        return
-    # the CPU backend's cross-process collectives (GPUs and TPUs use their own)
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(**kwargs)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
