@@ -148,7 +148,7 @@ class PeerWatchdog:
             now = time.monotonic()
             for p in peers:
                 value = values.get(str(p))
-                if value is not None and value.startswith("done"):
+                if value == "done":
                     last_change[p] = now  # finished: nothing more to expect
                 elif value != last_value[p]:
                     last_value[p], last_change[p] = value, now

@@ -201,7 +201,7 @@ def _train(config, run_dir, resume, overwrite, progress, stop_at_step, objective
             bool(frozen),
             state_sharding.ema_params,
             frozen_sharding,
-        )  # fmt: skip
+        )
         if val_data is not None
         else None
     )

@@ -143,6 +143,10 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def _or_replicated(sharding, mesh: Mesh):
+    return replicated(mesh) if sharding is None else sharding
+
+
 def batch_sharded(mesh: Mesh) -> NamedSharding:
     """The leading (batch) axis split over every device of the mesh."""
     return NamedSharding(mesh, PartitionSpec((DATA_AXIS, FSDP_AXIS)))
@@ -232,8 +236,8 @@ def make_train_step(
         new_state = TrainState(new_step, params, ema_params, opt_state, rng)
         return new_state, metrics
 
-    state_sharding = replicated(mesh) if state_sharding is None else state_sharding
-    frozen_sharding = replicated(mesh) if frozen_sharding is None else frozen_sharding
+    state_sharding = _or_replicated(state_sharding, mesh)
+    frozen_sharding = _or_replicated(frozen_sharding, mesh)
     return jax.jit(
         step,
         in_shardings=(state_sharding, replicated(mesh))
@@ -266,8 +270,8 @@ def make_eval_loss(
         total, _ = jax.lax.scan(one, jnp.zeros(()), jax.random.split(key, num_batches))
         return total / num_batches
 
-    params_sharding = replicated(mesh) if params_sharding is None else params_sharding
-    frozen_sharding = replicated(mesh) if frozen_sharding is None else frozen_sharding
+    params_sharding = _or_replicated(params_sharding, mesh)
+    frozen_sharding = _or_replicated(frozen_sharding, mesh)
     shardings = (params_sharding, replicated(mesh), None)
     return jax.jit(evaluate, in_shardings=shardings + ((frozen_sharding,) if with_frozen else ()))
 
