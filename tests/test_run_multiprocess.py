@@ -124,3 +124,75 @@ def test_partial_or_bad_process_flags_are_one_line_errors(config_file, tmp_path,
         err = capsys.readouterr().err
         assert code == 2 and fragment in err and "Traceback" not in err, err
         assert not (tmp_path / "run").exists()
+
+
+def test_a_killed_process_stops_the_others_with_a_message_and_the_run_resumes(tmp_path):
+    import signal
+    import time
+
+    root = tmp_path
+    write_dataset(three_mode_episodes(40, seed=1), root / "data", name="three_modes")
+    config = root / "long.py"
+    # many steps, frequent checkpoints: the run is killed long before it ends
+    config.write_text(
+        CONFIG.format(dataset=str(root / "data"))
+        .replace("num_steps=12", "num_steps=100000")
+        .replace("checkpoint_every=6", "checkpoint_every=20")
+    )
+    run = root / "run"
+    port = free_port()
+    env = {**devices_env(2), "DPJAX_PEER_TIMEOUT_S": "5"}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dpjax.cli",
+                "train",
+                str(config),
+                "--out",
+                str(run),
+                "--coordinator-address",
+                f"127.0.0.1:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    try:
+        deadline = time.monotonic() + 300
+        while not any(p.name.isdigit() for p in (run / "checkpoints").glob("*")):
+            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+            assert all(p.poll() is None for p in procs), procs[0].stderr.read()[-3000:]
+            time.sleep(0.5)
+        procs[1].send_signal(signal.SIGKILL)
+        t_kill = time.monotonic()
+        _, err = procs[0].communicate(timeout=120)
+        waited = time.monotonic() - t_kill
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    # The survivor stops by itself (not a hang, not a C++ abort), says who stopped and how
+    # to go on, soon after the peer timeout.
+    assert procs[0].returncode == 75, err[-3000:]
+    assert "process 1 of 2 sent no heartbeat for 5 s" in err, err[-3000:]
+    assert f"--resume {run}" in err and "the last checkpoint is step" in err, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert waited < 60
+    saved = max(int(p.name) for p in (run / "checkpoints").glob("*") if p.name.isdigit())
+
+    # Both processes started again continue from the last checkpoint.
+    target = saved + 8
+    train_in_processes(["--resume", str(run), "--set", f"num_steps={target}"], 2, 2)
+    steps = [r["step"] for r in read_metrics(run)]
+    assert steps[-1] == target
+    _, params, _ = load_policy(run)
+    assert all(np.isfinite(x).all() for x in leaves(params))
