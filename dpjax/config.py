@@ -239,6 +239,12 @@ class TrainConfig:
     # N > 1: parameters, EMA and optimizer state of arrays >= 64 KiB are split N ways.
     fsdp_devices: int = 1
     max_episodes: int | None = None
+    # Where training reads its windows: "memory" (every step of the dataset on every device,
+    # sampled inside the compiled step), "stream" (read from disk by host threads, a few
+    # batches ahead, each process only its rows of each batch; the same windows, so the same
+    # training), "auto" (stream when the training steps exceed data_memory_mb).
+    data_loader: str = "auto"
+    data_memory_mb: float = 2048.0
     # Closed-loop rollouts of the EMA policy during training (0: never): every N steps (a
     # checkpoint is saved there too), `rollout_episodes` episodes on the dataset's task from
     # seed `rollout_seed`, apart from `dpjax eval`'s 100000.. so that choosing a checkpoint

@@ -13,6 +13,7 @@ from dpjax.data import (
     write_dataset,
 )
 from dpjax.data.synthetic import synthetic_episodes
+from dpjax.errors import DataError
 
 HORIZONS = dict(obs_horizon=2, pred_horizon=5, action_horizon=3)
 
@@ -96,3 +97,27 @@ def test_streaming_passes_reader_errors_on(dataset):
     loader = StreamingLoader(dataset, batch_size=2, observation_keys=["depth"], **HORIZONS)
     with pytest.raises(Exception, match="depth"):
         next(iter(loader))
+
+
+def test_window_reader_reads_what_gather_windows_gathers_from_a_subset_of_episodes(dataset):
+    from dpjax.data import make_window_data
+    from dpjax.data.loaders import StreamedBatches, WindowReader
+
+    ids = [5, 0, 3, 6]  # a subset, out of order: the window numbering follows this order
+    memory = make_window_data([dataset[i] for i in ids], **HORIZONS)
+    reader = WindowReader(dataset, ids, cache_episodes=2, **HORIZONS)
+    assert reader.num_windows == memory.num_windows
+    rows = np.random.default_rng(0).integers(0, reader.num_windows, 40)
+    expected = jax.tree.map(np.asarray, gather_windows(memory, jnp.asarray(rows)))
+    got = reader.read(rows)
+    assert got["observation"]["image"].dtype == np.uint8  # kept uint8 until on device
+    jax.tree.map(np.testing.assert_array_equal, got, expected)
+
+    # Batches in the order of their rows, whatever the thread that read each.
+    sequence = [rows[i : i + 4] for i in range(0, 40, 4)]
+    batches = list(StreamedBatches(reader, sequence, num_threads=3, prefetch=2))
+    assert len(batches) == 10
+    for batch, chunk in zip(batches, sequence, strict=True):
+        np.testing.assert_array_equal(batch["action"], reader.read(chunk)["action"])
+    with pytest.raises(DataError, match="window rows"):
+        reader.read(np.array([reader.num_windows]))

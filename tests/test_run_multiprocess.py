@@ -1,6 +1,7 @@
 """`dpjax train` across processes (jax.distributed over 127.0.0.1, CPU collectives via gloo):
-2 processes x 4 simulated devices reach the parameters of 1 process x 8 devices, write one run
-(files from process 0, checkpoints together) that a single 1-device process loads, and resume."""
+2 processes x 4 simulated devices (streaming their data) reach the parameters of 1 process x
+8 devices (data in memory), write one run (files from process 0, checkpoints together) that a
+single 1-device process loads, and resume; a killed process stops the other."""
 
 import os
 import socket
@@ -67,7 +68,7 @@ def train_in_processes(args: list[str], num_processes: int, devices_each: int):
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
-    return [out for out, _ in outs]
+    return [out + err for out, err in outs]
 
 
 def leaves(params) -> list[np.ndarray]:
@@ -85,9 +86,13 @@ def config_file(tmp_path_factory):
 
 def test_two_processes_train_what_one_process_on_eight_devices_trains(config_file, tmp_path):
     two, eight = tmp_path / "two_processes", tmp_path / "one_process"
-    outs = train_in_processes([str(config_file), "--out", str(two)], 2, 4)
+    # the two processes stream their windows from disk, each reading its half of each batch
+    outs = train_in_processes(
+        [str(config_file), "--out", str(two), "--set", "data_loader=stream"], 2, 4
+    )
     # process 0 reports; the others stay quiet
     assert "trained to step 12" in outs[0] and "trained to step 12" not in outs[1]
+    assert "streaming the training windows from disk" in outs[0]
     result = subprocess.run(
         [sys.executable, "-m", "dpjax.cli", "train", str(config_file), "--out", str(eight)],
         env=devices_env(8), capture_output=True, text=True, timeout=600,

@@ -1,16 +1,21 @@
-"""Two batch loaders with one interface: iterating yields batches
+"""Batch loaders: iterating yields batches
 
     {"observation": {name: (B, obs_horizon, ...)}, "action": (B, pred_horizon, A)}
 
 `InMemoryLoader` (the default for datasets that fit) puts every step on the device once and
 samples with the pure `sample_windows`, which a train step can call inside `jit` instead of
-iterating. `StreamingLoader` reads episodes from the TFDS data source on the host, for
-datasets that do not fit; each host (`jax.process_index()`) reads its own share of episodes.
+iterating. For datasets that do not fit, `WindowReader` reads chosen windows from the TFDS
+data source on the host (random access, recently read episodes cached) and
+`StreamedBatches` reads a sequence of batches through grain's threads, a few ahead of the
+consumer: `dpjax train` streams this way, each process reading only its own rows of each
+global batch. `StreamingLoader` instead walks episodes in a shuffled order through a
+shuffle buffer (each host its own share of episodes), for epoch-style consumers.
 Image observations stay uint8 until they are on the device.
 """
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -24,6 +29,7 @@ from dpjax.data.windows import (
     Batch,
     WindowData,
     check_horizons,
+    flatten_episodes,
     make_window_data,
     make_window_index,
     sample_windows,
@@ -75,6 +81,114 @@ class InMemoryLoader:
         while True:
             key, subkey = jax.random.split(key)
             yield self.sample(subkey)
+
+
+class WindowReader:
+    """Random access to the windows of `episode_ids` of an array_record `EpisodeDataset`.
+
+    Window numbers are those of `make_window_data` over the same episodes in the same order
+    (`make_window_index`), so `read(rows)` returns what `gather_windows(data, rows)` gives
+    for the in-memory data, as host numpy arrays. The `cache_episodes` most recently read
+    episodes stay decoded in host memory; the rest of the dataset stays on disk. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        dataset: EpisodeDataset,
+        episode_ids: Sequence[int],
+        *,
+        obs_horizon: int,
+        pred_horizon: int,
+        action_horizon: int,
+        observation_keys: Sequence[str] | None = None,
+        cache_episodes: int = 64,
+    ):
+        self.dataset = dataset
+        self.episode_ids = np.asarray(episode_ids, dtype=np.int64)
+        if len(self.episode_ids) == 0:
+            raise DataError("WindowReader: no episodes")
+        lengths = dataset.episode_lengths()
+        episode_lengths = [int(lengths[i]) for i in self.episode_ids]
+        self.index = make_window_index(
+            episode_lengths,
+            obs_horizon=obs_horizon,
+            pred_horizon=pred_horizon,
+            action_horizon=action_horizon,
+        )
+        if len(self.index) == 0:
+            raise DataError(
+                f"episodes (lengths {episode_lengths[:5]}...) are too short for any window"
+            )
+        self.obs_horizon, self.pred_horizon = obs_horizon, pred_horizon
+        # global step number of each episode's first step, as in the concatenated in-memory data
+        self.offsets = np.concatenate([[0], np.cumsum(episode_lengths)]).astype(np.int64)
+        self.observation_keys = observation_keys
+        self._episode = functools.lru_cache(maxsize=max(1, cache_episodes))(self._read_episode)
+
+    @property
+    def num_windows(self) -> int:
+        return len(self.index)
+
+    def _read_episode(self, position: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        episode_id = int(self.episode_ids[position])
+        try:
+            observation, action, _ = flatten_episodes(
+                [self.dataset[episode_id]], self.observation_keys
+            )
+        except DataError as e:
+            raise DataError(f"episode {episode_id}: {e}") from e
+        return observation, action
+
+    def read(self, rows: np.ndarray) -> Batch:
+        """Window numbers (B,) -> numpy batch {"observation": {k: (B, obs_horizon, ...)},
+        "action": (B, pred_horizon, A)}, in the order of `rows`."""
+        rows = np.asarray(rows)
+        if rows.ndim != 1 or (len(rows) and not 0 <= rows.min() <= rows.max() < len(self.index)):
+            raise DataError(f"window rows must be (B,) in [0, {len(self.index)}), got {rows}")
+        table = self.index[rows]
+        steps = window_step_indices(table, self.pred_horizon, xp=np)
+        positions = np.searchsorted(self.offsets, table[:, 1], side="right") - 1
+        local = steps - self.offsets[positions][:, None]
+        windows = []
+        for position, window in zip(positions, local, strict=True):
+            observation, action = self._episode(int(position))
+            obs_steps = window[: self.obs_horizon]
+            windows.append(
+                {"observation": {k: v[obs_steps] for k, v in observation.items()},
+                 "action": action[window]}
+            )  # fmt: skip
+        return jax.tree.map(lambda *xs: np.stack(xs), *windows)
+
+
+class StreamedBatches:
+    """`reader.read(rows[i])` for i = 0, 1, ..., len(rows) - 1, in that order, read by
+    `num_threads` threads through grain (`grain.MapDataset` over `rows`) with up to
+    `prefetch` batches ready before the consumer asks for them.
+
+    `rows`: any sequence (len, random access) of (B,) window-number arrays, e.g. the rows a
+    train step would draw at each of the coming steps.
+    """
+
+    def __init__(
+        self, reader: WindowReader, rows: Sequence[np.ndarray], *, num_threads: int = 4,
+        prefetch: int = 8,
+    ):  # fmt: skip
+        if num_threads < 1 or prefetch < 1:
+            raise ConfigError("num_threads and prefetch must be >= 1")
+        self.reader, self.rows = reader, rows
+        self.num_threads, self.prefetch = num_threads, prefetch
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[Batch]:
+        import grain
+
+        batches = grain.MapDataset.source(self.rows).map(self.reader.read)
+        options = grain.ReadOptions(
+            num_threads=self.num_threads, prefetch_buffer_size=self.prefetch
+        )
+        return iter(batches.to_iter_dataset(options))
 
 
 class StreamingLoader:

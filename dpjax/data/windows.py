@@ -110,11 +110,17 @@ def gather_windows(data: WindowData, rows: jnp.ndarray) -> Batch:
     }
 
 
+def draw_window_rows(key: jax.Array, batch_size: int, num_windows: int) -> jax.Array:
+    """(batch_size,) int32 window numbers drawn uniformly (with replacement) in [0,
+    num_windows): the windows `sample_windows` gathers for `key`, for a loader that reads
+    them from disk instead."""
+    return jax.random.randint(key, (batch_size,), 0, num_windows)
+
+
 def sample_windows(data: WindowData, key: jax.Array, batch_size: int) -> Batch:
     """`batch_size` windows drawn uniformly (with replacement). Pure: call it inside a jitted
     train step (`batch_size` static) so sampling costs no host work per step."""
-    rows = jax.random.randint(key, (batch_size,), 0, data.index.shape[0])
-    return gather_windows(data, rows)
+    return gather_windows(data, draw_window_rows(key, batch_size, data.index.shape[0]))
 
 
 def flatten_episodes(

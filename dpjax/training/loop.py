@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,7 @@ from dpjax import config as config_lib
 from dpjax.checkpoint import Checkpointer, save_json_atomic
 from dpjax.config import TrainConfig
 from dpjax.data import collection_task, load_dataset, make_window_data
+from dpjax.data.loaders import StreamedBatches, WindowReader
 from dpjax.errors import ConfigError, DpjaxError
 from dpjax.evaluate.rollouts import evaluate_on_task
 from dpjax.policy.loading import (
@@ -57,6 +59,10 @@ class Objective:
     loss: Callable[[Any, dict, jax.Array, Any], tuple[jnp.ndarray, dict]]
     frozen: Any
     init_params: Any = None
+
+
+# The validation batches' key is the run's seed + this: fixed, apart from the training keys.
+VAL_KEY_OFFSET = 12345
 
 
 class TrainingDivergedError(DpjaxError):
@@ -151,16 +157,30 @@ def _train(config, run_dir, resume, overwrite, progress, stop_at_step, objective
         observation_keys=[*pc.low_dim_keys, *pc.image_keys],
     )
     mesh = step_lib.make_mesh(config.num_devices, config.fsdp_devices)
-    train_data = step_lib.put_replicated(
-        make_window_data([dataset[int(i)] for i in train_ids], **horizons), mesh
-    )
-    val_data = (
-        step_lib.put_replicated(
-            make_window_data([dataset[int(i)] for i in val_ids], **horizons), mesh
+    streamed = uses_streaming(config, dataset, train_ids)
+    if streamed:
+        if lead and progress:
+            size = training_bytes(config, dataset, train_ids) / 2**20
+            print(f"streaming the training windows from disk ({size:.0f} MiB of steps; "
+                  f"data_loader={config.data_loader!r}, data_memory_mb={config.data_memory_mb:g})",
+                  file=sys.stderr)  # fmt: skip
+        train_reader = WindowReader(dataset, train_ids, **horizons)
+        val_data = (
+            _read_eval_batches(WindowReader(dataset, val_ids, **horizons), config, mesh)
+            if len(val_ids)
+            else None
         )
-        if len(val_ids)
-        else None
-    )
+    else:
+        train_data = step_lib.put_replicated(
+            make_window_data([dataset[int(i)] for i in train_ids], **horizons), mesh
+        )
+        val_data = (
+            step_lib.put_replicated(
+                make_window_data([dataset[int(i)] for i in val_ids], **horizons), mesh
+            )
+            if len(val_ids)
+            else None
+        )
     optimizer = step_lib.make_optimizer(config.optim, config.num_steps)
     metadata = {**policy_metadata(config, normalizer, spec), **(extra_metadata or {})}
     if lead:
@@ -190,7 +210,7 @@ def _train(config, run_dir, resume, overwrite, progress, stop_at_step, objective
         frozen = (step_lib.put_on_mesh(objective.frozen, frozen_sharding),)
     step_fn = step_lib.make_train_step(
         loss_fn, optimizer, config.optim, mesh, config.batch_size, config.num_steps,
-        bool(frozen), state_sharding, frozen_sharding,
+        bool(frozen), state_sharding, frozen_sharding, streamed,
     )  # fmt: skip
     eval_fn = (
         step_lib.make_eval_loss(
@@ -201,20 +221,34 @@ def _train(config, run_dir, resume, overwrite, progress, stop_at_step, objective
             bool(frozen),
             state_sharding.ema_params,
             frozen_sharding,
-        )
+            streamed,
+        )  # fmt: skip
         if val_data is not None
         else None
     )
-    val_key = jax.random.key(config.seed + 12345)
+    val_key = jax.random.key(config.seed + VAL_KEY_OFFSET)
     log = MetricsLog(run_dir, resume=resume) if lead else None
     start_step = int(state.step)
-    summary: dict[str, Any] = {"run_dir": str(run_dir), "start_step": start_step}
+    summary: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "start_step": start_step,
+        "data_loader": "stream" if streamed else "memory",
+    }
     bar = tqdm(total=config.num_steps, initial=start_step, desc="train", unit="step",
                disable=not (progress and lead), dynamic_ncols=True)  # fmt: skip
+    if streamed:  # the windows the in-memory step would draw, read from disk ahead of it
+        rows = step_lib.StepRows(
+            step_lib.host_key(state.rng), config.num_steps - start_step, config.batch_size,
+            train_reader.num_windows, step_lib.local_rows(mesh, config.batch_size),
+        )  # fmt: skip
+        batches = iter(StreamedBatches(train_reader, rows))
+        next_source = lambda: step_lib.put_batch(next(batches), mesh, config.batch_size)
+    else:
+        next_source = lambda: train_data
     t_last, steps_since = time.perf_counter(), 0
     try:
         for step in range(start_step + 1, config.num_steps + 1):
-            state, metrics = step_fn(state, train_data, *frozen)
+            state, metrics = step_fn(state, next_source(), *frozen)
             steps_since += 1
             bar.update(1)
             is_log = step % config.log_every == 0 or step == config.num_steps
@@ -266,6 +300,42 @@ def _train(config, run_dir, resume, overwrite, progress, stop_at_step, objective
             log.close()
         checkpointer.close()
     return summary
+
+
+def uses_streaming(config: TrainConfig, dataset, train_ids) -> bool:
+    """Whether a run reads its training windows from disk (`TrainConfig.data_loader`)."""
+    if config.data_loader not in ("auto", "memory", "stream"):
+        raise ConfigError(
+            f"data_loader must be 'auto', 'memory' or 'stream', got {config.data_loader!r}"
+        )
+    if config.data_loader != "auto":
+        return config.data_loader == "stream"
+    return training_bytes(config, dataset, train_ids) > config.data_memory_mb * 2**20
+
+
+def training_bytes(config: TrainConfig, dataset, train_ids) -> int:
+    """Bytes that the training episodes' steps take in memory (what "memory" puts on every
+    device): the action and the policy's observation keys, from the dataset's step spec."""
+    pc = config.policy
+    spec = dataset.spec
+    keys = ["action", *(f"observation/{k}" for k in (*pc.low_dim_keys, *pc.image_keys))]
+    per_step = 0
+    for key in keys:
+        shape, dtype = spec.get(key) or spec.get(key.removeprefix("observation/"), ((), "float32"))
+        per_step += int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    lengths = dataset.episode_lengths()
+    return per_step * sum(int(lengths[int(i)]) for i in train_ids)
+
+
+def _read_eval_batches(reader: WindowReader, config: TrainConfig, mesh):
+    """The validation batches `make_eval_loss` draws, read from disk once:
+    (val_batches, batch_size, ...) on every device."""
+    rows = step_lib.draw_eval_rows(
+        jax.random.key(config.seed + VAL_KEY_OFFSET), config.val_batches, config.batch_size,
+        reader.num_windows,
+    )  # fmt: skip
+    batches = [reader.read(r) for r in np.asarray(rows)]
+    return step_lib.put_replicated(jax.tree.map(lambda *xs: np.stack(xs), *batches), mesh)
 
 
 def rollout_metrics(policy, params, config: TrainConfig, dataset) -> dict[str, float]:

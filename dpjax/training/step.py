@@ -10,11 +10,17 @@ the step uses it and reduce-scatters its gradient. The same code runs on one CPU
 simulated CPU devices, a GPU, or a multi-host TPU pod (`dpjax.training.distributed` starts
 the processes); the result depends only on the global batch, not on the device count or
 the sharding (up to float reduction order).
+
+A streamed step (`streamed=True`) takes the batch as an argument instead: the host reads the
+windows the in-memory step would draw from the same key (`StepRows`, `draw_step_rows`), so
+streaming changes where the data lives, not what is trained.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.struct
@@ -25,7 +31,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from dpjax.config import OptimConfig
-from dpjax.data.windows import WindowData, sample_windows
+from dpjax.data.windows import Batch, WindowData, draw_window_rows, sample_windows
 from dpjax.errors import ConfigError
 
 DATA_AXIS = "data"
@@ -42,6 +48,76 @@ class TrainState:
     ema_params: Any
     opt_state: Any
     rng: jax.Array  # typed PRNG key; batches and noise of step s derive from it
+
+
+def split_step_key(rng: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """A step's key -> (the next step's key, the batch's key, the loss's key)."""
+    rng, key_batch, key_loss = jax.random.split(rng, 3)
+    return rng, key_batch, key_loss
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def draw_step_rows(rng: jax.Array, num_steps: int, batch_size: int, num_windows: int):
+    """The window rows (num_steps, batch_size) that `num_steps` in-memory train steps from
+    key `rng` sample, and the key after them."""
+
+    def one(rng, _):
+        rng, key_batch, _ = split_step_key(rng)
+        return rng, draw_window_rows(key_batch, batch_size, num_windows)
+
+    return jax.lax.scan(one, rng, None, length=num_steps)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def draw_eval_rows(key: jax.Array, num_batches: int, batch_size: int, num_windows: int):
+    """The window rows (num_batches, batch_size) that `make_eval_loss` samples from `key`."""
+    keys = jax.random.split(key, num_batches)
+    return jax.vmap(lambda k: draw_window_rows(jax.random.split(k)[0], batch_size, num_windows))(
+        keys
+    )
+
+
+class StepRows(Sequence):
+    """The rows of the global batch that `num_steps` train steps starting from key `rng`
+    draw: `rows[i]` (B,) is step i's (the `local` slice of them: this process's share).
+
+    Random access for the loader's threads; computed `block` steps at a time (one jitted
+    scan) as the steps come, so nothing of size num_steps x B is ever held.
+    """
+
+    def __init__(
+        self, rng: jax.Array, num_steps: int, batch_size: int, num_windows: int,
+        local: slice = slice(None), block: int = 256,
+    ):  # fmt: skip
+        self.num_steps, self.batch_size, self.num_windows = num_steps, batch_size, num_windows
+        self.local, self.block = local, block
+        self._start_keys = [rng]  # the key at the start of block b
+        self._blocks: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self.num_steps
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not 0 <= i < self.num_steps:
+            raise IndexError(f"step {i} of {self.num_steps}")
+        b, j = divmod(i, self.block)
+        with self._lock:
+            while len(self._start_keys) <= b:  # the chain of keys is sequential
+                self._compute(len(self._start_keys) - 1)
+            if b not in self._blocks:
+                self._compute(b)
+            rows = self._blocks[b]
+            for old in [k for k in self._blocks if k < b - 1]:  # consumed in order
+                del self._blocks[old]
+        return rows[j, self.local]
+
+    def _compute(self, b: int) -> None:
+        end, rows = draw_step_rows(self._start_keys[b], self.block, self.batch_size,
+                                   self.num_windows)  # fmt: skip
+        self._blocks[b] = np.asarray(rows)
+        if len(self._start_keys) == b + 1:
+            self._start_keys.append(end)
 
 
 def learning_rate_schedule(config: OptimConfig, num_steps: int) -> optax.Schedule:
@@ -189,6 +265,35 @@ def bytes_per_device(tree) -> dict:
     return totals
 
 
+def local_rows(mesh: Mesh, batch_size: int) -> slice:
+    """The rows of a global batch that this process's devices hold (`batch_sharded`)."""
+    index_map = batch_sharded(mesh).addressable_devices_indices_map((batch_size,))
+    starts = [index[0].indices(batch_size)[:2] for index in index_map.values()]
+    lo, hi = min(a for a, _ in starts), max(b for _, b in starts)
+    if sum(b - a for a, b in set(starts)) != hi - lo:
+        raise ConfigError("this process's devices do not hold one contiguous part of the batch")
+    return slice(lo, hi)
+
+
+def host_key(rng: jax.Array) -> jax.Array:
+    """A (replicated, possibly multi-process) PRNG key as a key on this process's default
+    device, for host-side work that must not become a program across processes."""
+    data = np.asarray(jax.random.key_data(rng).addressable_data(0))
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(rng))
+
+
+def put_batch(local_batch: Batch, mesh: Mesh, batch_size: int) -> Batch:
+    """This process's rows (`local_rows`) of a global batch -> the global batch, split over
+    the mesh (`batch_sharded`)."""
+    sharding = batch_sharded(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(local_batch, sharding)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, x, (batch_size, *x.shape[1:])),
+        local_batch,
+    )
+
+
 LossFn = Callable[[Any, dict, jax.Array], tuple[jnp.ndarray, dict]]
 
 
@@ -202,8 +307,11 @@ def make_train_step(
     with_frozen: bool = False,
     state_sharding: Any = None,
     frozen_sharding: Any = None,
+    streamed: bool = False,
 ):
     """Jitted `(state, data: WindowData) -> (state, metrics)`; batch sharded over the mesh.
+    `streamed`: `(state, batch) -> (state, metrics)` instead, the batch (global, split over
+    the mesh: `put_batch`) read by the host; the step's keys are split the same way.
 
     `batch_size` is the global batch; it must divide evenly over the mesh. `with_frozen`:
     the step is `(state, data, frozen)` and the loss `loss_fn(params, batch, key, frozen)`,
@@ -217,9 +325,9 @@ def make_train_step(
         raise ConfigError(f"batch_size {batch_size} is not divisible by {num_devices} devices")
     lr = learning_rate_schedule(optim_config, num_steps)
 
-    def step(state: TrainState, data: WindowData, *frozen):
-        rng, key_batch, key_loss = jax.random.split(state.rng, 3)
-        batch = sample_windows(data, key_batch, batch_size)
+    def step(state: TrainState, source: WindowData | Batch, *frozen):
+        rng, key_batch, key_loss = split_step_key(state.rng)
+        batch = source if streamed else sample_windows(source, key_batch, batch_size)
         batch = jax.lax.with_sharding_constraint(batch, batch_sharded(mesh))
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, batch, key_loss, *frozen
@@ -238,9 +346,10 @@ def make_train_step(
 
     state_sharding = _or_replicated(state_sharding, mesh)
     frozen_sharding = _or_replicated(frozen_sharding, mesh)
+    source_sharding = batch_sharded(mesh) if streamed else replicated(mesh)
     return jax.jit(
         step,
-        in_shardings=(state_sharding, replicated(mesh))
+        in_shardings=(state_sharding, source_sharding)
         + ((frozen_sharding,) if with_frozen else ()),
         out_shardings=(state_sharding, replicated(mesh)),
         donate_argnums=(0,),
@@ -255,19 +364,25 @@ def make_eval_loss(
     with_frozen: bool = False,
     params_sharding: Any = None,
     frozen_sharding: Any = None,
+    streamed: bool = False,
 ):
     """Jitted `(params, data, key[, frozen]) -> mean loss` over `num_batches` fixed-key
-    batches (`frozen` and the shardings as in `make_train_step`)."""
+    batches (`frozen` and the shardings as in `make_train_step`). `streamed`: `data` is
+    instead the batches themselves, stacked (num_batches, batch_size, ...): the windows
+    `draw_eval_rows` names, read by the host."""
 
-    def evaluate(params, data: WindowData, key: jax.Array, *frozen):
-        def one(carry, k):
+    def evaluate(params, data: WindowData | Batch, key: jax.Array, *frozen):
+        def one(carry, xs):
+            k, batch = xs
             key_batch, key_loss = jax.random.split(k)
-            batch = sample_windows(data, key_batch, batch_size)
+            if batch is None:
+                batch = sample_windows(data, key_batch, batch_size)
             batch = jax.lax.with_sharding_constraint(batch, batch_sharded(mesh))
             loss, _ = loss_fn(params, batch, key_loss, *frozen)
             return carry + loss, None
 
-        total, _ = jax.lax.scan(one, jnp.zeros(()), jax.random.split(key, num_batches))
+        xs = (jax.random.split(key, num_batches), data if streamed else None)
+        total, _ = jax.lax.scan(one, jnp.zeros(()), xs)
         return total / num_batches
 
     params_sharding = _or_replicated(params_sharding, mesh)
