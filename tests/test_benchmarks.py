@@ -240,3 +240,16 @@ def test_every_other_benchmark_runs_through_the_cli_at_a_tiny_size(name, argv, e
     assert cli_main(["bench", name, *argv]) == 0
     out = capsys.readouterr().out
     assert expected in out.lower(), out[-2000:]
+
+
+def test_loader(tmp_path, capsys):
+    argv = ["--configs", "tiny", "--episodes", "3", "--batch", "8", "--threads", "1", "2",
+            "--steps", "1", "--loader-batches", "2", "--repeats", "1"]  # fmt: skip
+    payload, table = run("loader", argv, tmp_path, capsys)
+    rows = payload["rows"]
+    assert [r["threads"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["loader_batches_per_s"] > 0 and r["stream_steps_per_s"] > 0
+        assert r["memory_steps_per_s"] > 0 and 0 <= r["input_wait"] <= 1
+        assert r["headroom"] == r["loader_batches_per_s"] / r["stream_steps_per_s"]
+    assert "| tiny | 8 | 2 |" in table

@@ -38,9 +38,12 @@ def test_a_streamed_run_trains_the_parameters_of_the_in_memory_run(
     # The host reads the very windows the in-memory step samples: bit for bit the same.
     assert params_equal(a, b)
     # ... and so are the logged losses, validation losses included
-    logged = [[{k: v for k, v in m.items() if k not in ("time", "steps_per_sec")} for m in read_metrics(r)]
+    logged = [[{k: v for k, v in m.items() if k not in ("time", "steps_per_sec", "input_wait")} for m in read_metrics(r)]
               for r in (memory_run, run)]  # fmt: skip
     assert logged[0] == logged[1] and any("val_loss" in m for m in logged[1])
+    # a streamed run logs how much of its time the step waited for data
+    assert all(0 <= m["input_wait"] <= 1 for m in read_metrics(run))
+    assert not any("input_wait" in m for m in read_metrics(memory_run))
 
 
 def test_a_streamed_run_resumes_exactly(dataset_dir, memory_run, tmp_path):

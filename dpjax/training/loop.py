@@ -245,10 +245,13 @@ def _train(config, run_dir, resume, overwrite, progress, stop_at_step, objective
         next_source = lambda: step_lib.put_batch(next(batches), mesh, config.batch_size)
     else:
         next_source = lambda: train_data
-    t_last, steps_since = time.perf_counter(), 0
+    t_last, steps_since, waited = time.perf_counter(), 0, 0.0
     try:
         for step in range(start_step + 1, config.num_steps + 1):
-            state, metrics = step_fn(state, next_source(), *frozen)
+            t_wait = time.perf_counter()
+            source = next_source()  # streamed: blocks only when the loader falls behind
+            waited += time.perf_counter() - t_wait
+            state, metrics = step_fn(state, source, *frozen)
             steps_since += 1
             bar.update(1)
             is_log = step % config.log_every == 0 or step == config.num_steps
@@ -277,7 +280,9 @@ def _train(config, run_dir, resume, overwrite, progress, stop_at_step, objective
                 raise TrainingDivergedError(_diverged_message(step, bad, checkpointer))
             now = time.perf_counter()
             record["steps_per_sec"] = steps_since / (now - t_last)
-            t_last, steps_since = now, 0
+            if streamed:  # the share of the time the step waited for its batch
+                record["input_wait"] = waited / (now - t_last)
+            t_last, steps_since, waited = now, 0, 0.0
             val_loss = (
                 float(eval_fn(state.ema_params, val_data, val_key, *frozen)) if is_eval else None
             )
