@@ -38,8 +38,9 @@ DENOISERS: dict[str, Any] = {
 }
 # float32; bfloat16 = bfloat16 weights and activations (PolicyConfig.dtype); bf16-weights =
 # float32 activations with the temporal-conv kernels stored in bfloat16 (matmuls read half the
-# bytes and accumulate in float32, see dpjax.nets.conv1d).
-DTYPES = ("float32", "bfloat16", "bf16-weights")
+# bytes and accumulate in float32, see dpjax.nets.conv1d); bf16-matmul = PolicyConfig.precision
+# "bfloat16-matmul" (float32 parameters, every matmul from bfloat16 operands).
+DTYPES = ("float32", "bfloat16", "bf16-weights", "bf16-matmul")
 
 
 def machine() -> dict[str, Any]:
@@ -114,9 +115,11 @@ def make_pusht_policy(denoiser: str, dtype: str = "float32", **overrides):
     from dpjax.data.features import ArraySpec
 
     config_dtype = "bfloat16" if dtype == "bfloat16" else "float32"
+    precision = "bfloat16-matmul" if dtype == "bf16-matmul" else "float32"
     config = config_lib.PolicyConfig(
-        **PUSHT, denoiser=DENOISERS[denoiser], dtype=config_dtype, **overrides
-    )
+        **PUSHT, denoiser=DENOISERS[denoiser], dtype=config_dtype, precision=precision,
+        **overrides,
+    )  # fmt: skip
     spec = {"state": ArraySpec((STATE_DIM,), "float32")}
     return policy_lib.make_policy(config, make_normalizer(), spec)
 
@@ -126,7 +129,7 @@ def cast_params(params, dtype: str):
     import jax
     import jax.numpy as jnp
 
-    if dtype == "float32":
+    if dtype in ("float32", "bf16-matmul"):  # bf16-matmul rounds inside the computation
         return params
     if dtype == "bfloat16":
         return jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)

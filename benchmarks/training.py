@@ -11,6 +11,7 @@ machine's run in a child process with XLA_FLAGS=--xla_force_host_platform_device
     python benchmarks/training.py --full --json training.json   # batch 64 and 256, 1 and 8 devices
     python benchmarks/training.py --denoisers unet1d --clips dpjax optax   # dpjax's clip vs optax's
     python benchmarks/training.py --denoisers unet1d --clips dpjax optax --update-only
+    python benchmarks/training.py --denoisers unet1d --precisions float32 bfloat16-matmul
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ COLUMNS = [
     ("batch", "d"),
     ("devices", "d"),
     ("clip", "s"),
+    ("precision", "s"),
     ("step_s|s/step", ".3f"),
     ("min_step_s|min s/step", ".3f"),
     ("steps_per_s|steps/s", ".2f"),
@@ -116,12 +118,16 @@ def make_step(
     return step, state, data, policy
 
 
-def bench(denoiser: str, batch_size: int, devices: int, seconds: float, clip: str) -> dict:
+def bench(
+    denoiser: str, batch_size: int, devices: int, seconds: float, clip: str,
+    precision: str = "float32",
+) -> dict:  # fmt: skip
     import jax
 
     from dpjax.nets import count_params
 
-    step, state, data, _ = make_step(denoiser, batch_size, devices, clip=clip)
+    dtype = "bf16-matmul" if precision == "bfloat16-matmul" else "float32"
+    step, state, data, _ = make_step(denoiser, batch_size, devices, dtype, clip=clip)
     n_params = count_params(state.params)
     t0 = time.perf_counter()
     state, metrics = step(state, data)
@@ -141,6 +147,7 @@ def bench(denoiser: str, batch_size: int, devices: int, seconds: float, clip: st
         "batch": batch_size,
         "devices": devices,
         "clip": clip,
+        "precision": precision,
         "step_s": per_step,
         "min_step_s": timing["min_s"],
         "repeats": timing["repeats"],
@@ -193,7 +200,7 @@ def _run_child(args, devices: int) -> list[dict]:
         cmd = [sys.executable, os.path.abspath(__file__), "--devices", str(devices),
                "--denoisers", *args.denoisers, "--batches", *map(str, args.batches),
                "--seconds", str(args.seconds), "--clips", *args.clips,
-               "--json", out]  # fmt: skip
+               "--precisions", *args.precisions, "--json", out]  # fmt: skip
         subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
         with open(out) as f:
             return json.load(f)["rows"]
@@ -210,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="timing budget per case")
     parser.add_argument("--clips", nargs="+", default=["dpjax"], choices=list(CLIPS),
                         help="gradient clipping: dpjax's (default) and/or optax's")  # fmt: skip
+    parser.add_argument("--precisions", nargs="+", default=["float32"],
+                        choices=["float32", "bfloat16-matmul"],
+                        help="PolicyConfig.precision of the step (dpjax.nets.precision)")  # fmt: skip
     parser.add_argument("--full", action="store_true", help="batch 64 and 256, 1 and 8 devices")
     parser.add_argument("--update-only", action="store_true",
                         help="time only the update after the gradients (clip, AdamW, EMA)")  # fmt: skip
@@ -233,10 +243,12 @@ def main(argv: list[str] | None = None) -> int:
             rows += _run_child(args, devices)
             continue
         for name in args.denoisers:
-            for batch, clip in itertools.product(args.batches, args.clips):
-                r = bench(name, batch, devices, args.seconds, clip)
+            for batch, clip, precision in itertools.product(
+                args.batches, args.clips, args.precisions
+            ):
+                r = bench(name, batch, devices, args.seconds, clip, precision)
                 rows.append(r)
-                print(f"{name:11s} batch={batch:4d} devices={devices} clip={clip} "
+                print(f"{name:11s} batch={batch:4d} devices={devices} clip={clip} {precision} "
                       f"{r['step_s']:.3f} s/step "
                       f"(min {r['min_step_s']:.3f}) compile {r['compile_s']:.1f} s",
                       file=sys.stderr, flush=True)  # fmt: skip

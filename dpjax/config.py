@@ -110,6 +110,10 @@ class PolicyConfig:
     denoiser: DenoiserConfig = UNet1DConfig()
     bc_head: BCHeadConfig = BCHeadConfig()
     dtype: str = "float32"
+    # Matmul precision of the networks (dpjax.nets.precision): "float32", "bfloat16-matmul"
+    # (bfloat16 operands, float32 parameters, accumulation and everything else) or "auto"
+    # (the faster of the two on the backend that runs it, resolved when the policy is built).
+    precision: str = "float32"
     # Diffusion process and training objective. flow_matching: the time input is s * T for
     # s in [0, 1], prediction_type "velocity" or "sample" (x0), a flow sampler
     # (flow_euler, flow_midpoint); beta_schedule and loss_weighting do not apply.
@@ -133,6 +137,13 @@ class PolicyConfig:
             raise unknown_name("policy kind", self.kind, POLICY_KINDS)
         if self.dtype not in DTYPES:
             raise unknown_name("dtype", self.dtype, DTYPES)
+        from dpjax.nets.precision import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise unknown_name("precision", self.precision, PRECISIONS)
+        if self.precision != "float32" and self.dtype != "float32":
+            raise ConfigError(f"precision={self.precision!r} needs dtype='float32' (it keeps the "
+                              f"parameters float32), got dtype={self.dtype!r}")  # fmt: skip
         check_horizons(self.obs_horizon, self.pred_horizon, self.action_horizon)
         if self.obs_horizon - 1 + self.action_horizon > self.pred_horizon:
             raise ConfigError(

@@ -57,13 +57,17 @@ def test_sampling(tmp_path, capsys):
 
 
 def test_training(tmp_path, capsys):
-    argv = ["--denoisers", "mlp", "--batches", "8", "--seconds", "0", "--clips", "dpjax", "optax"]
+    argv = ["--denoisers", "mlp", "--batches", "8", "--seconds", "0", "--clips", "dpjax", "optax",
+            "--precisions", "float32", "bfloat16-matmul"]  # fmt: skip
     payload, table = run("training", argv, tmp_path, capsys)
-    assert [r["clip"] for r in payload["rows"]] == ["dpjax", "optax"]
+    assert [(r["clip"], r["precision"]) for r in payload["rows"]] == [
+        ("dpjax", "float32"), ("dpjax", "bfloat16-matmul"), ("optax", "float32"),
+        ("optax", "bfloat16-matmul"),
+    ]  # fmt: skip
     for row in payload["rows"]:
         assert row["batch"] == 8 and row["devices"] == 1 and row["steps_per_s"] > 0
         assert row["samples_per_s"] == pytest.approx(8 * row["steps_per_s"])
-    assert "| mlp |" in table and "samples/s" in table and "| optax |" in table
+    assert "| mlp |" in table and "samples/s" in table and "| optax | bfloat16-matmul |" in table
 
 
 def test_training_update_only(tmp_path, capsys):

@@ -28,6 +28,7 @@ from dpjax.data import Normalizer
 from dpjax.data.features import ArraySpec
 from dpjax.errors import ConfigError, DataError, ShapeError, unknown_name
 from dpjax.nets import BCHead, ObservationEncoder, make_denoiser
+from dpjax.nets.precision import with_precision
 
 Observation = Mapping[str, jnp.ndarray]  # {key: (B, obs_horizon, *shape)}
 
@@ -132,6 +133,8 @@ class Policy:
             self.example_observation(1),
         ).shape
         self.network = PolicyNetwork(config, int(cond_shape[-1]))
+        # the network's forward (and so backward) pass at the config's matmul precision
+        self.apply = with_precision(self.network.apply, config.precision)
 
     @functools.cached_property
     def observation_keys(self) -> tuple[str, ...]:
@@ -222,7 +225,7 @@ class Policy:
                 key, key_noise = jax.random.split(key)
                 normalized = self._add_observation_noise(normalized, key_noise)
             rngs = {"augment": key}
-        return self.network.apply(params, normalized, train, method=PolicyNetwork.encode,
+        return self.apply(params, normalized, train, method=PolicyNetwork.encode,
                                   rngs=rngs)  # fmt: skip
 
     def _add_observation_noise(self, normalized: dict, key: jax.Array) -> dict:
@@ -300,7 +303,7 @@ class DiffusionPolicy(Policy):
     def denoiser(self, params, cond) -> samplers.DenoiseFn:
         """`denoise_fn(x_t (B, pred_horizon, A), t (B,))` for the encoded observations `cond`:
         what the samplers and losses call."""
-        return lambda x_t, t: self.network.apply(params, x_t, t, cond, method=PolicyNetwork.denoise)
+        return lambda x_t, t: self.apply(params, x_t, t, cond, method=PolicyNetwork.denoise)
 
     def predict_action_chunk(
         self, params, observation, key, options: samplers.SamplerOptions, guide=None,
@@ -378,7 +381,7 @@ class BCPolicy(Policy):
 
     def fit_loss(self, params, cond, target):
         """(loss, metrics) of the head on `cond` against normalized target chunks (B, H, A)."""
-        chunks, logits = self.network.apply(params, cond, method=PolicyNetwork.regress)
+        chunks, logits = self.apply(params, cond, method=PolicyNetwork.regress)
         return losses.multi_hypothesis_loss(chunks, logits, target)
 
     def loss(self, params, batch: Mapping[str, Any], key: jax.Array):
@@ -387,7 +390,7 @@ class BCPolicy(Policy):
 
     def predict_action_chunk(self, params, observation, key=None, options=None):
         cond = self._encode(params, observation, False)
-        chunks, logits = self.network.apply(params, cond, method=PolicyNetwork.regress)
+        chunks, logits = self.apply(params, cond, method=PolicyNetwork.regress)
         if key is None:
             pick = jnp.argmax(logits, axis=-1)
         else:
