@@ -201,3 +201,19 @@ def test_a_killed_process_stops_the_others_with_a_message_and_the_run_resumes(tm
     assert steps[-1] == target
     _, params, _ = load_policy(run)
     assert all(np.isfinite(x).all() for x in leaves(params))
+
+
+def test_a_slurm_job_is_detected_as_a_cluster_and_a_plain_shell_is_not(monkeypatch):
+    from dpjax.training.distributed import detected_cluster
+
+    for var in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
+                "SLURM_LOCALID", "DPJAX_DISTRIBUTED"):  # fmt: skip
+        monkeypatch.delenv(var, raising=False)
+    assert detected_cluster() is None
+    slurm = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node[1-2]", "SLURM_NTASKS": "2",
+             "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}  # fmt: skip
+    for var, value in slurm.items():
+        monkeypatch.setenv(var, value)
+    assert detected_cluster() == "SlurmCluster"
+    monkeypatch.setenv("DPJAX_DISTRIBUTED", "0")  # the way out of auto-detection
+    assert detected_cluster() is None

@@ -35,9 +35,10 @@ def maybe_initialize_distributed(
     process_id: int | None = None,
 ) -> None:
     """Multi-process: `jax.distributed.initialize` with these arguments when given (all three),
-    or without arguments when the environment describes a cluster (TPU pods, SLURM,
-    JAX_COORDINATOR_ADDRESS; DPJAX_DISTRIBUTED=1 forces it). Once per process, before any
-    other JAX call. On CPU the processes' collectives go through gloo."""
+    or without arguments when the environment describes a cluster (`detected_cluster`: TPU
+    pods, SLURM, Open MPI, Kubernetes; or JAX_COORDINATOR_ADDRESS; DPJAX_DISTRIBUTED=1 forces
+    it, =0 prevents it). Once per process, before any other JAX call. On CPU the processes'
+    collectives go through gloo."""
     if jax.distributed.is_initialized():
         return
     explicit = (coordinator_address, num_processes, process_id)
@@ -51,13 +52,38 @@ def maybe_initialize_distributed(
             num_processes=num_processes,
             process_id=process_id,
         )
-    elif os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("DPJAX_DISTRIBUTED") == "1":
-        kwargs = {}
+    elif (
+        os.environ.get("JAX_COORDINATOR_ADDRESS")
+        or os.environ.get("DPJAX_DISTRIBUTED") == "1"
+        or detected_cluster() is not None
+    ):
+        kwargs = {}  # jax.distributed reads the cluster's own description
     else:
         return
     # the CPU backend's cross-process collectives (GPUs and TPUs use their own)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)
+
+
+def detected_cluster() -> str | None:
+    """The name of the cluster environment JAX's own auto-detection recognizes here (SLURM,
+    Open MPI, TPU pods on GCE or GKE, Kubernetes jobs), or None. mpi4py detection is opt-in in
+    JAX and stays so; DPJAX_DISTRIBUTED=0 turns detection off."""
+    if os.environ.get("DPJAX_DISTRIBUTED") == "0":
+        return None
+    try:
+        from jax._src import clusters
+    except ImportError:  # a JAX without the registry: only the explicit routes remain
+        return None
+    for env in clusters.ClusterEnv._cluster_types:
+        if env.__name__ == "Mpi4pyCluster":
+            continue
+        try:
+            if env.is_env_present():
+                return env.__name__
+        except Exception:  # a probe that cannot run here (no metadata server, ...)
+            continue
+    return None
 
 
 def sync_processes(name: str) -> None:
