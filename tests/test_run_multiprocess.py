@@ -41,30 +41,24 @@ def devices_env(n: int) -> dict:
     return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
 
 
-def train_in_processes(args: list[str], num_processes: int, devices_each: int):
+def start_processes(args: list[str], num_processes: int, env: dict) -> list[subprocess.Popen]:
+    """`dpjax train ARGS` as process i of `num_processes` on 127.0.0.1, for each i."""
     port = free_port()
-    procs = [
+    flags = ["--coordinator-address", f"127.0.0.1:{port}", "--num-processes", str(num_processes)]
+    return [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "dpjax.cli",
-                "train",
-                *args,
-                "--coordinator-address",
-                f"127.0.0.1:{port}",
-                "--num-processes",
-                str(num_processes),
-                "--process-id",
-                str(i),
-            ],
-            env=devices_env(devices_each),
+            [sys.executable, "-m", "dpjax.cli", "train", *args, *flags, "--process-id", str(i)],
+            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )  # fmt: skip
         for i in range(num_processes)
     ]
+
+
+def train_in_processes(args: list[str], num_processes: int, devices_each: int):
+    procs = start_processes(args, num_processes, devices_env(devices_each))
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
@@ -145,32 +139,8 @@ def test_a_killed_process_stops_the_others_with_a_message_and_the_run_resumes(tm
         .replace("checkpoint_every=6", "checkpoint_every=20")
     )
     run = root / "run"
-    port = free_port()
     env = {**devices_env(2), "DPJAX_PEER_TIMEOUT_S": "5"}
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "dpjax.cli",
-                "train",
-                str(config),
-                "--out",
-                str(run),
-                "--coordinator-address",
-                f"127.0.0.1:{port}",
-                "--num-processes",
-                "2",
-                "--process-id",
-                str(i),
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        for i in range(2)
-    ]
+    procs = start_processes([str(config), "--out", str(run)], 2, env)
     try:
         deadline = time.monotonic() + 300
         while not any(p.name.isdigit() for p in (run / "checkpoints").glob("*")):
