@@ -93,6 +93,8 @@ VARIANTS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
                       "optim.learning_rate=3e-4")),
         "bc_lr1e-4": ("BC, lr 1e-4, 1024-1024-512", (*_BC, "policy.kind=bc",
                       "optim.learning_rate=1e-4")),
+        "bf16_matmul": ("p24_wide (the demo recipe) with bfloat16 matmul operands",
+                        (*_DEMO, "policy.precision=bfloat16-matmul")),
     },
     "pusht": {
         "mlp_x0": ("the naive first attempt: MLP, x0, 8 of 16 executed, no augmentation",
@@ -112,6 +114,10 @@ VARIANTS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
         "unet32_noise05": ("noise05 with a UNet (32, 64, 128), 10k steps", (
             *_PUSHT_30K, "policy.pred_horizon=16", "policy.action_horizon=8", "policy.obs_noise_std=0.05",
             "policy.denoiser=unet1d", "policy.denoiser.down_dims=(32,64,128)", "num_steps=10000")),
+        "unet32_bf16": ("unet32_noise05 with bfloat16 matmul operands", (
+            *_PUSHT_30K, "policy.pred_horizon=16", "policy.action_horizon=8", "policy.obs_noise_std=0.05",
+            "policy.denoiser=unet1d", "policy.denoiser.down_dims=(32,64,128)", "num_steps=10000",
+            "policy.precision=bfloat16-matmul")),
         "obs4_noise05": ("noise05 observing 4 steps instead of 2", (*_PUSHT_30K,
                          "policy.pred_horizon=16", "policy.action_horizon=8",
                          "policy.obs_noise_std=0.05", "policy.obs_horizon=4")),
