@@ -257,3 +257,12 @@ def test_loader(tmp_path, capsys):
         assert r["memory_steps_per_s"] > 0 and 0 <= r["input_wait"] <= 1
         assert r["headroom"] == r["loader_batches_per_s"] / r["stream_steps_per_s"]
     assert "| tiny | 8 | 2 |" in table
+
+
+def test_scaling(tmp_path, capsys):
+    argv = ["--layouts", "1x1", "1x2", "--steps", "1", "--batch", "8"]
+    payload, table = run("scaling", argv, tmp_path, capsys)
+    rows = payload["rows"]
+    assert [(r["processes"], r["devices"]) for r in rows] == [(1, 1), (1, 2)]
+    assert all(r["steps_per_s"] > 0 and r["samples_per_s"] == 8 * r["steps_per_s"] for r in rows)
+    assert rows[0]["relative"] == 1.0 and "| 1 x 2 | 2 |" in table
