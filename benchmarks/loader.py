@@ -143,7 +143,10 @@ def main(argv=None) -> int:
                     "headroom": rate / stream["steps_per_sec"],
                 })  # fmt: skip
     print(_common.markdown_table(COLUMNS, rows))
-    print("# the training runs' loader used 4 threads (StreamedBatches' default)")
+    print(
+        "# the training runs' loader used StreamedBatches' default: one thread per two cores, "
+        "at most 4"
+    )
     _common.write_json(args.json, "loader", args, rows, episodes=args.episodes)
     return 0
 

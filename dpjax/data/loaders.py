@@ -16,6 +16,7 @@ Image observations stay uint8 until they are on the device.
 from __future__ import annotations
 
 import functools
+import os
 import queue
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -162,7 +163,8 @@ class WindowReader:
 
 class StreamedBatches:
     """`reader.read(rows[i])` for i = 0, 1, ..., len(rows) - 1, in that order, read by
-    `num_threads` threads through grain (`grain.MapDataset` over `rows`) with up to
+    `num_threads` threads (default: one per two cores, at most 4) through grain
+    (`grain.MapDataset` over `rows`) with up to
     `prefetch` batches ready before the consumer asks for them.
 
     `rows`: any sequence (len, random access) of (B,) window-number arrays, e.g. the rows a
@@ -170,9 +172,12 @@ class StreamedBatches:
     """
 
     def __init__(
-        self, reader: WindowReader, rows: Sequence[np.ndarray], *, num_threads: int = 4,
-        prefetch: int = 8,
+        self, reader: WindowReader, rows: Sequence[np.ndarray], *,
+        num_threads: int | None = None, prefetch: int = 8,
     ):  # fmt: skip
+        if num_threads is None:  # one per two cores, at most 4: on 2 cores one thread was
+            # faster than four (181 vs 138 batches/s, benchmarks/results/loader_cpu.md)
+            num_threads = max(1, min(4, (os.cpu_count() or 2) // 2))
         if num_threads < 1 or prefetch < 1:
             raise ConfigError("num_threads and prefetch must be >= 1")
         self.reader, self.rows = reader, rows

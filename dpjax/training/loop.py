@@ -271,6 +271,12 @@ def _train(config, run_dir, resume, overwrite, progress, stop_at_step, objective
             if not (is_log or is_eval or is_ckpt or stopping):
                 continue
             record = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            # training alone: the bookkeeping below (checks, validation, rollouts, logs,
+            # checkpoints) is excluded, its clock restarting after it
+            elapsed = time.perf_counter() - t_last
+            record["steps_per_sec"] = steps_since / elapsed
+            if streamed:  # the share of the time the step waited for its batch
+                record["input_wait"] = waited / elapsed
             bad = {k: v for k, v in record.items() if not math.isfinite(v)}
             # The metrics describe the step's input parameters; the update itself can still
             # overflow, so the parameters about to be saved are checked as well.
@@ -278,11 +284,6 @@ def _train(config, run_dir, resume, overwrite, progress, stop_at_step, objective
                 bad = {"parameters": "non-finite"}
             if bad:
                 raise TrainingDivergedError(_diverged_message(step, bad, checkpointer))
-            now = time.perf_counter()
-            record["steps_per_sec"] = steps_since / (now - t_last)
-            if streamed:  # the share of the time the step waited for its batch
-                record["input_wait"] = waited / (now - t_last)
-            t_last, steps_since, waited = now, 0, 0.0
             val_loss = (
                 float(eval_fn(state.ema_params, val_data, val_key, *frozen)) if is_eval else None
             )
@@ -290,13 +291,13 @@ def _train(config, run_dir, resume, overwrite, progress, stop_at_step, objective
                 record["val_loss"] = val_loss
             if is_rollout:
                 record.update(rollout_metrics(policy, state.ema_params, config, dataset))
-                t_last = time.perf_counter()  # steps_per_sec counts training alone
             if log is not None:
                 log.write(step, record)
             bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['learning_rate']:.1e}")
             if is_ckpt and checkpointer.latest_step() != step:
                 checkpointer.save(step, state, metadata=metadata, val_loss=val_loss)
             summary.update({"final_step": step, **record})
+            t_last, steps_since, waited = time.perf_counter(), 0, 0.0
             if stopping:
                 break
     finally:
