@@ -10,6 +10,7 @@ import pytest
 from dpjax.envs import make_task, rollout_expert
 from dpjax.envs import multimodal as mm
 from dpjax.envs import multimodal_expert as mx
+from dpjax.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -217,3 +218,64 @@ def test_task_options_as_a_dataset_records_them_rebuild_the_config():
     )
     hash(config)  # a jit static argument
     assert mm.config_from_options() == mm.DEFAULT_CONFIG
+
+
+def test_mixed_quality_demonstrators_at_their_proportions_all_succeed():
+    """quality_mix: the demonstrators come at the requested frequencies, each kind succeeds on
+    seeds 0..1999, and each differs from the expert the way its name says."""
+    mix = (0.4, 0.2, 0.2, 0.2)
+    config = mm.config_from_options(quality_mix=mix)
+    out = mx.expert_rollouts_numpy(0, 2000, config)
+    quality, lengths = out["quality"], out["valid"].sum(1)
+    frequencies = np.bincount(quality, minlength=4) / 2000
+    np.testing.assert_allclose(frequencies, mix, atol=4 * np.sqrt(0.25 / 2000))  # 4 sigma
+    # the side is still the expert's choice, at its frequencies
+    np.testing.assert_allclose(np.bincount(out["chosen_mode"], minlength=3) / 2000,
+                               mm.MODE_PROBS, atol=0.03)  # fmt: skip
+    for i, name in enumerate(mm.QUALITIES):
+        assert out["success"][quality == i].mean() >= 0.99, name
+    by = {name: quality == i for i, name in enumerate(mm.QUALITIES)}
+    proficient = lengths[by["proficient"]].mean()
+    assert lengths[by["slow"]].mean() > 1.25 * proficient  # 1 / SLOW_SPEED = 1.43x the cruise
+    extra = lengths[by["hesitant"]].mean() - proficient
+    assert 0.8 * mm.HESITATION_STEPS < extra < 1.2 * mm.HESITATION_STEPS
+    # the hesitant stand still (moves below 1e-4) for HESITATION_STEPS in a row
+    moves = np.linalg.norm(np.diff(out["action"], axis=1), axis=-1)
+    for e in np.flatnonzero(by["hesitant"])[:20]:
+        still = np.convolve(moves[e, : lengths[e] - 1] < 1e-4, np.ones(mm.HESITATION_STEPS - 1),
+                            "valid")  # fmt: skip
+        assert still.max() == mm.HESITATION_STEPS - 1
+    # the noisy jitter: second differences of the actions far above the smooth expert's
+    jerk = np.abs(np.diff(out["action"], n=2, axis=1)).mean(axis=(1, 2))
+    assert jerk[by["noisy"]].mean() > 5 * jerk[by["proficient"]].mean()
+
+    # the default task is untouched by the option's existence; episodes name their quality
+    task = make_task("multimodal", quality_mix=list(mix))  # as JSON records it
+    episodes = task.collect_episodes(8, seed=0)
+    assert [e["episode_metadata"]["quality"] for e in episodes] == [
+        mm.QUALITIES[q] for q in quality[:8]
+    ]
+    assert "quality" not in make_task("multimodal").collect_episodes(1)[0]["episode_metadata"]
+    # the gym adapter's expert is the same demonstrator (noise and hesitation included)
+    for seed in [int(np.flatnonzero(by[k])[0]) for k in ("noisy", "hesitant", "slow")]:
+        slow = rollout_expert(task, seed)
+        np.testing.assert_allclose(slow["steps"]["action"],
+                                   task.collect_episodes(1, seed=seed)[0]["steps"]["action"],
+                                   atol=1e-5)  # fmt: skip
+    with pytest.raises(ConfigError, match="quality_mix"):
+        mm.config_from_options(quality_mix=(1.0, -0.5, 0.0, 0.0))
+    with pytest.raises(ConfigError, match="quality_mix"):
+        mm.config_from_options(quality_mix=(1.0, 0.0))
+
+
+def test_a_mixed_quality_dataset_counts_its_demonstrators(tmp_path):
+    from dpjax.data import load_dataset, write_dataset
+
+    task = make_task("multimodal", quality_mix=[0.5, 0.0, 0.5, 0.0])
+    episodes = task.collect_episodes(40, seed=0)
+    write_dataset(episodes, tmp_path / "mixed", name="mixed")
+    counted = load_dataset(tmp_path / "mixed").stats.info["episodes"]["qualities"]
+    names = [e["episode_metadata"]["quality"] for e in episodes]
+    assert counted == {q: names.count(q) for q in set(names)} and set(counted) == {
+        "proficient", "hesitant"
+    }  # fmt: skip

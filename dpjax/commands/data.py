@@ -76,6 +76,8 @@ def describe(dataset) -> list[str]:
             f"successful episodes: {episodes['successful']}/{stats.num_episodes}"
             + (f"   modes (mode: episodes): {modes}" if modes else "")
         )
+        if episodes.get("qualities"):
+            lines.append(f"demonstrators (quality: episodes): {episodes['qualities']}")
     collection = stats.info.get("collection")
     if collection:
         lines.append(

@@ -73,7 +73,8 @@ def write_dataset(
         spec = step_spec(first)
         metadata = dict(first.get("episode_metadata", {}))
         accumulator = StatsAccumulator(spec)
-        summary = {"successful": 0, "modes": collections.Counter()}
+        summary = {"successful": 0, "modes": collections.Counter(),
+                   "qualities": collections.Counter()}  # fmt: skip
 
         def checked() -> Iterator[tuple[int, Mapping[str, Any]]]:
             for index, episode in enumerate(itertools.chain([first], iterator)):
@@ -81,6 +82,8 @@ def write_dataset(
                 check_metadata(episode, index, metadata)
                 summary["successful"] += bool(episode["episode_metadata"].get("success", False))
                 summary["modes"][str(episode["episode_metadata"].get("mode", -1))] += 1
+                if "quality" in episode["episode_metadata"]:  # mixed-quality demonstrators
+                    summary["qualities"][str(episode["episode_metadata"]["quality"])] += 1
                 yield index, episode
 
         builder = _EpisodeBuilder(
@@ -95,7 +98,14 @@ def write_dataset(
             builder.download_and_prepare()
         extra = dict(info() if callable(info) else info or {})
         stats = accumulator.finish(
-            {"episodes": {**summary, "modes": dict(summary["modes"])}, **extra}
+            {
+                "episodes": {
+                    **summary,
+                    "modes": dict(summary["modes"]),
+                    "qualities": dict(summary["qualities"]),
+                },
+                **extra,
+            }  # fmt: skip
         )
         version_dir = Path(builder.data_dir)
         stats.save(version_dir)

@@ -39,6 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from dpjax.errors import ConfigError
+
 MODES = ("north", "east", "south")
 MODE_PROBS = (0.45, 0.40, 0.15)
 STATE_DIM, ACTION_DIM = 6, 2
@@ -49,6 +51,13 @@ WALL_X = (-0.31, -0.25)  # cup frame
 WALL_HALF_HEIGHT = 0.25
 GRASP_DISTANCE = 0.16  # leaves 0.02 between agent and cup at the edge of the tolerance
 GRASP_TOL = 0.04  # a learned policy need not be more precise than ~1.5% of the workspace
+# The demonstrators of mixed-quality data (MultimodalConfig.quality_mix): the scripted
+# expert; one moving at SLOW_SPEED of its speed; one that stops for HESITATION_STEPS at a
+# random point of the route; one whose every action jitters by NOISY_STD (recorded as taken).
+QUALITIES = ("proficient", "slow", "hesitant", "noisy")
+SLOW_SPEED = 0.7
+HESITATION_STEPS = 10
+NOISY_STD = 0.01
 MAX_STEP = 0.06  # per-step motion bound; > the plan's peak speed so the expert tracks exactly
 EXPERT_MEAN_SPEED = 0.028  # peak = mean / (1 - (accel + decel) / 2) <= 0.028 / 0.6 < MAX_STEP
 EXPERT_ACCEL_STEPS = 4.0  # ramp-up to cruising speed, in steps
@@ -74,6 +83,10 @@ class MultimodalConfig:
     # The episode commands a side (drawn with mode_probs at reset), observed as a one-hot
     # "goal"; only a grasp from that side succeeds and the expert takes that side.
     goal_conditioned: bool = False
+    # Mixed-quality demonstrations, as human operators give them: the probabilities of the
+    # demonstrator's QUALITIES per episode (proficient, slow, hesitant, noisy); see
+    # dpjax.envs.multimodal_expert. The default is the proficient scripted expert alone.
+    quality_mix: tuple[float, float, float, float] = (1.0, 0.0, 0.0, 0.0)
 
 
 DEFAULT_CONFIG = MultimodalConfig()
@@ -341,11 +354,22 @@ def config_from_options(
     max_episode_steps: int = 100,
     mode_probs: tuple[float, float, float] = MODE_PROBS,
     goal_conditioned: bool = False,
+    quality_mix: tuple[float, float, float, float] = (1.0, 0.0, 0.0, 0.0),
 ) -> MultimodalConfig:
     """The MultimodalConfig of `make_task`'s options (as a dataset's collection info records
     them, JSON lists included)."""
+    try:
+        mix = () if isinstance(quality_mix, str) else tuple(float(p) for p in quality_mix)
+    except (TypeError, ValueError):
+        mix = ()
+    if len(mix) != len(QUALITIES) or min(mix) < 0 or not sum(mix) > 0:
+        raise ConfigError(
+            f"quality_mix must be {len(QUALITIES)} probabilities ({', '.join(QUALITIES)}) "
+            f"with a positive sum, e.g. [0.6,0.2,0.1,0.1], got {quality_mix!r}"
+        )
     return MultimodalConfig(
         max_episode_steps=int(max_episode_steps),
         mode_probs=tuple(mode_probs),
         goal_conditioned=bool(goal_conditioned),
+        quality_mix=tuple(p / sum(mix) for p in mix),
     )

@@ -6,6 +6,13 @@ side (waypoints jittered by up to WAYPOINT_JITTER for diversity within a mode), 
 into a smooth curve and timed by a smooth speed profile (a short quintic ramp-up, a
 cruise, a long ramp-down). Its action at step t is the plan's
 point t+1 (position control). `expert_rollouts` runs hundreds of episodes as one program.
+
+Mixed-quality data (`MultimodalConfig.quality_mix`): each episode's demonstrator is drawn from
+QUALITIES with those probabilities (a key of its own, so the mode, start and waypoints of an
+episode stay those of the proficient expert): "slow" follows the same route at SLOW_SPEED of
+the speed, "hesitant" stops for HESITATION_STEPS at a uniformly drawn point of the first 60%
+of its route's duration, "noisy" adds N(0, NOISY_STD^2) to every action (recorded as taken).
+Episode metadata["quality"] names it.
 """
 
 from __future__ import annotations
@@ -25,7 +32,11 @@ from dpjax.envs.multimodal import (
     EXPERT_MEAN_SPEED,
     FAST_COMPILE,
     GRASP_DISTANCE,
+    HESITATION_STEPS,
+    NOISY_STD,
+    QUALITIES,
     SIDES,
+    SLOW_SPEED,
     WAYPOINT_JITTER,
     MultimodalConfig,
     MultimodalEnv,
@@ -83,23 +94,48 @@ def sample_expert(
     key: jax.Array, state: MultimodalState, config: MultimodalConfig = DEFAULT_CONFIG
 ) -> tuple[jax.Array, jax.Array]:
     """The expert's choice for an episode: (mode () int32 ~ mode_probs, plan (T+1, 2))."""
+    mode, _, plan = sample_demonstrator(key, state, config)
+    return mode, plan
+
+
+def sample_demonstrator(
+    key: jax.Array, state: MultimodalState, config: MultimodalConfig = DEFAULT_CONFIG
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(mode () int32 ~ mode_probs, quality () int32 ~ quality_mix (an index of QUALITIES),
+    plan (T+1, 2)): the demonstrator of an episode."""
     # One draw for mode and jitter: each random call costs a threefry copy in the program.
     unit = jax.random.uniform(key, (7,))
     mode = jnp.where(state.goal >= 0, state.goal, mode_from_uniform(unit[0], config.mode_probs))
-    return mode, _plan_from_jitter(unit[1:], state, mode, config.max_episode_steps)
+    if config.quality_mix == DEFAULT_CONFIG.quality_mix:  # the expert alone, draws unchanged
+        quality = jnp.int32(0)
+        return mode, quality, _plan_from_jitter(unit[1:], state, mode, config.max_episode_steps)
+    extra = jax.random.uniform(jax.random.fold_in(key, 1), (2,))
+    quality = mode_from_uniform(extra[0], config.quality_mix)
+    speed = jnp.where(quality == QUALITIES.index("slow"), SLOW_SPEED, 1.0)
+    pause = jnp.where(quality == QUALITIES.index("hesitant"), HESITATION_STEPS, 0)
+    plan = _plan_from_jitter(unit[1:], state, mode, config.max_episode_steps, speed, pause,
+                             extra[1])  # fmt: skip
+    return mode, quality, plan
 
 
 def _plan_from_jitter(
-    unit: jax.Array, state: MultimodalState, mode: jax.Array, num_steps: int
-) -> jax.Array:
-    """`expert_plan` from (6,) uniform [0, 1) numbers for the waypoint jitter."""
+    unit: jax.Array, state: MultimodalState, mode: jax.Array, num_steps: int,
+    speed: jax.Array | float = 1.0, pause_steps: jax.Array | int = 0,
+    pause_at: jax.Array | float = 0.0,
+) -> jax.Array:  # fmt: skip
+    """`expert_plan` from (6,) uniform [0, 1) numbers for the waypoint jitter; `speed` scales
+    the speed, and the plan holds still for `pause_steps` from `pause_at` (a fraction in [0,
+    1) of the first 60% of the route's duration)."""
     jitter = (2.0 * unit.reshape(3, 2) - 1.0) * WAYPOINT_JITTER
     path = _cut_corners(_route(state.agent - state.cup, mode, jitter))
     lengths = jnp.linalg.norm(path[1:] - path[:-1], axis=-1) + 1e-6
     arclength = jnp.concatenate([jnp.zeros(1), jnp.cumsum(lengths)])
     total = arclength[-1]
-    duration = jnp.maximum(total / EXPERT_MEAN_SPEED, 1.0)
-    tau = jnp.clip(jnp.arange(num_steps + 1) / duration, 0.0, 1.0)
+    duration = jnp.maximum(total / (EXPERT_MEAN_SPEED * speed), 1.0)
+    t = jnp.arange(num_steps + 1)
+    pause_start = jnp.floor(0.6 * pause_at * duration)
+    t = t - jnp.clip(t - pause_start, 0, pause_steps)  # the clock stops while it hesitates
+    tau = jnp.clip(t / duration, 0.0, 1.0)
     s = total * path_progress(tau, jnp.minimum(EXPERT_ACCEL_STEPS / duration, 0.5))
     plan = jnp.stack([jnp.interp(s, arclength, path[:, i]) for i in range(2)], axis=-1)
     return plan + state.cup
@@ -146,8 +182,9 @@ def expert_rollouts(
     def episode(seed):
         reset_key, expert_key, noise_key = episode_keys(jax.random.key(seed))
         state = reset(reset_key, config)
-        mode, plan = sample_expert(expert_key, state, config)
-        noise = action_noise * jax.random.normal(noise_key, (config.max_episode_steps, 2))
+        mode, quality, plan = sample_demonstrator(expert_key, state, config)
+        std = action_noise + jnp.where(quality == QUALITIES.index("noisy"), NOISY_STD, 0.0)
+        noise = std * jax.random.normal(noise_key, (config.max_episode_steps, 2))
 
         def body(state, noise):
             action = expert_action(state, plan) + noise
@@ -165,6 +202,7 @@ def expert_rollouts(
             "collision": final.collided,
             "mode": mode_seen,
             "chosen_mode": mode,
+            "quality": quality,
             **({"goal": goals} if config.goal_conditioned else {}),
         }
 
@@ -225,6 +263,11 @@ def collect_episodes(
                     "expert": "scripted",
                     "success": bool(out["success"][i]),
                     "mode": int(out["mode"][i]),
+                    **(
+                        {"quality": QUALITIES[int(out["quality"][i])]}
+                        if config.quality_mix != DEFAULT_CONFIG.quality_mix
+                        else {}
+                    ),
                 },
             )
         )
@@ -233,7 +276,11 @@ def collect_episodes(
 
 @functools.partial(jax.jit, static_argnames=("config",), compiler_options=FAST_COMPILE)
 def _expert_setup(seed: jax.Array, state: MultimodalState, config: MultimodalConfig):
-    return sample_expert(episode_keys(jax.random.key(seed))[1], state, config)
+    """(plan (T+1, 2), action noise (T, 2)) of episode `seed`, as `expert_rollouts` has them."""
+    _, expert_key, noise_key = episode_keys(jax.random.key(seed))
+    _, quality, plan = sample_demonstrator(expert_key, state, config)
+    std = jnp.where(quality == QUALITIES.index("noisy"), NOISY_STD, 0.0)
+    return plan, std * jax.random.normal(noise_key, (config.max_episode_steps, 2))
 
 
 def make_expert(env: MultimodalEnv, seed: int) -> Callable[[dict], np.ndarray]:
@@ -246,8 +293,9 @@ def make_expert(env: MultimodalEnv, seed: int) -> Callable[[dict], np.ndarray]:
     def expert(obs: dict) -> np.ndarray:
         del obs  # the plan is fixed from the episode's start state
         if not plan:
-            _, positions = _expert_setup(jnp.int32(seed), env.state, env.config)
-            plan.append(np.asarray(positions, np.float32))
-        return plan[0][min(int(env.state.t) + 1, len(plan[0]) - 1)]
+            positions, noise = _expert_setup(jnp.int32(seed), env.state, env.config)
+            plan.extend([np.asarray(positions, np.float32), np.asarray(noise, np.float32)])
+        t = int(env.state.t)
+        return plan[0][min(t + 1, len(plan[0]) - 1)] + plan[1][min(t, len(plan[1]) - 1)]
 
     return expert

@@ -74,12 +74,15 @@ def multimodal_task(
     max_episode_steps: int = 100,
     mode_probs: tuple[float, float, float] = multimodal.MODE_PROBS,
     goal_conditioned: bool = False,
+    quality_mix: tuple[float, float, float, float] = (1.0, 0.0, 0.0, 0.0),
 ) -> Task:
-    """The "multimodal" task; options are `MultimodalConfig` fields."""
+    """The "multimodal" task; options are `MultimodalConfig` fields (`quality_mix`: mixed-
+    quality demonstrators, proficient / slow / hesitant / noisy, `multimodal.QUALITIES`)."""
     config = multimodal.config_from_options(
         max_episode_steps=max_episode_steps,
         mode_probs=mode_probs,
         goal_conditioned=goal_conditioned,
+        quality_mix=quality_mix,
     )
     spec = {"state": ArraySpec((multimodal.STATE_DIM,), "float32")}
     if config.goal_conditioned:
