@@ -59,8 +59,9 @@ def recipe(name: str, dataset: Path, batch: int):
 
     config = load_config_file("pusht_image:PAPER" if name == "paper" else "pusht_image")
     policy = dataclasses.replace(config.policy, low_dim_keys=("state",))
-    if name == "tiny":  # the loader's work unchanged, a train step cheap to compile (tests)
-        policy = dataclasses.replace(policy, denoiser=MLPConfig(hidden_dims=(32,)))
+    if name == "tiny":  # a train step cheap to compile (tests): state only, a small MLP
+        policy = dataclasses.replace(policy, denoiser=MLPConfig(hidden_dims=(32,)),
+                                     image_keys=(), crop_hw=None)  # fmt: skip
     return dataclasses.replace(
         config,
         dataset=str(dataset),
