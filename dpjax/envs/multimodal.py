@@ -88,6 +88,11 @@ class MultimodalConfig:
     # dpjax.envs.multimodal_expert. The default is the proficient scripted expert alone.
     quality_mix: tuple[float, float, float, float] = (1.0, 0.0, 0.0, 0.0)
 
+    @property
+    def mixed_quality(self) -> bool:
+        """Whether demonstrators other than the proficient expert are drawn."""
+        return self.quality_mix != (1.0, 0.0, 0.0, 0.0)
+
 
 DEFAULT_CONFIG = MultimodalConfig()
 

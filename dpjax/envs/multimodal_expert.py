@@ -106,7 +106,7 @@ def sample_demonstrator(
     # One draw for mode and jitter: each random call costs a threefry copy in the program.
     unit = jax.random.uniform(key, (7,))
     mode = jnp.where(state.goal >= 0, state.goal, mode_from_uniform(unit[0], config.mode_probs))
-    if config.quality_mix == DEFAULT_CONFIG.quality_mix:  # the expert alone, draws unchanged
+    if not config.mixed_quality:  # the expert alone, its draws unchanged
         quality = jnp.int32(0)
         return mode, quality, _plan_from_jitter(unit[1:], state, mode, config.max_episode_steps)
     extra = jax.random.uniform(jax.random.fold_in(key, 1), (2,))
@@ -116,6 +116,15 @@ def sample_demonstrator(
     plan = _plan_from_jitter(unit[1:], state, mode, config.max_episode_steps, speed, pause,
                              extra[1])  # fmt: skip
     return mode, quality, plan
+
+
+def action_noise_of(
+    key: jax.Array, quality: jax.Array, config: MultimodalConfig, action_noise: float = 0.0
+) -> jax.Array:
+    """(T, 2) noise added to an episode's actions: `action_noise` (collection's option) plus
+    NOISY_STD for a "noisy" demonstrator."""
+    std = action_noise + jnp.where(quality == QUALITIES.index("noisy"), NOISY_STD, 0.0)
+    return std * jax.random.normal(key, (config.max_episode_steps, 2))
 
 
 def _plan_from_jitter(
@@ -183,8 +192,7 @@ def expert_rollouts(
         reset_key, expert_key, noise_key = episode_keys(jax.random.key(seed))
         state = reset(reset_key, config)
         mode, quality, plan = sample_demonstrator(expert_key, state, config)
-        std = action_noise + jnp.where(quality == QUALITIES.index("noisy"), NOISY_STD, 0.0)
-        noise = std * jax.random.normal(noise_key, (config.max_episode_steps, 2))
+        noise = action_noise_of(noise_key, quality, config, action_noise)
 
         def body(state, noise):
             action = expert_action(state, plan) + noise
@@ -265,7 +273,7 @@ def collect_episodes(
                     "mode": int(out["mode"][i]),
                     **(
                         {"quality": QUALITIES[int(out["quality"][i])]}
-                        if config.quality_mix != DEFAULT_CONFIG.quality_mix
+                        if config.mixed_quality
                         else {}
                     ),
                 },
@@ -279,8 +287,7 @@ def _expert_setup(seed: jax.Array, state: MultimodalState, config: MultimodalCon
     """(plan (T+1, 2), action noise (T, 2)) of episode `seed`, as `expert_rollouts` has them."""
     _, expert_key, noise_key = episode_keys(jax.random.key(seed))
     _, quality, plan = sample_demonstrator(expert_key, state, config)
-    std = jnp.where(quality == QUALITIES.index("noisy"), NOISY_STD, 0.0)
-    return plan, std * jax.random.normal(noise_key, (config.max_episode_steps, 2))
+    return plan, action_noise_of(noise_key, quality, config)
 
 
 def make_expert(env: MultimodalEnv, seed: int) -> Callable[[dict], np.ndarray]:

@@ -116,13 +116,13 @@ def _bfloat16_matmul(primitive, params: dict) -> Callable:
     as_f32 = {**params, "preferred_element_type": jnp.float32}
     as_bf16 = {**params, "preferred_element_type": jnp.bfloat16}
 
-    @jax.custom_vjp
-    def matmul(a, b):
-        return primitive.bind(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16), **as_f32)
-
     def forward(a, b):
         a16, b16 = a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)
         return primitive.bind(a16, b16, **as_f32), (a16, b16)
+
+    @jax.custom_vjp
+    def matmul(a, b):
+        return forward(a, b)[0]
 
     def backward(residuals, cotangent):
         _, vjp = jax.vjp(lambda x, y: primitive.bind(x, y, **as_bf16), *residuals)

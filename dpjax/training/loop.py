@@ -165,22 +165,15 @@ def _train(config, run_dir, resume, overwrite, progress, stop_at_step, objective
                   f"data_loader={config.data_loader!r}, data_memory_mb={config.data_memory_mb:g})",
                   file=sys.stderr)  # fmt: skip
         train_reader = WindowReader(dataset, train_ids, **horizons)
-        val_data = (
-            _read_eval_batches(WindowReader(dataset, val_ids, **horizons), config, mesh)
-            if len(val_ids)
-            else None
-        )
+        read_val = lambda: _read_eval_batches(WindowReader(dataset, val_ids, **horizons), config,
+                                              mesh)  # fmt: skip
     else:
-        train_data = step_lib.put_replicated(
-            make_window_data([dataset[int(i)] for i in train_ids], **horizons), mesh
+        in_memory = lambda ids: step_lib.put_replicated(
+            make_window_data([dataset[int(i)] for i in ids], **horizons), mesh
         )
-        val_data = (
-            step_lib.put_replicated(
-                make_window_data([dataset[int(i)] for i in val_ids], **horizons), mesh
-            )
-            if len(val_ids)
-            else None
-        )
+        train_data = in_memory(train_ids)
+        read_val = lambda: in_memory(val_ids)
+    val_data = read_val() if len(val_ids) else None
     optimizer = step_lib.make_optimizer(config.optim, config.num_steps)
     metadata = {**policy_metadata(config, normalizer, spec), **(extra_metadata or {})}
     if lead:

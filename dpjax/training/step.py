@@ -68,13 +68,17 @@ def draw_step_rows(rng: jax.Array, num_steps: int, batch_size: int, num_windows:
     return jax.lax.scan(one, rng, None, length=num_steps)
 
 
+def split_eval_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """A validation batch's key -> (the batch's key, the loss's key)."""
+    key_batch, key_loss = jax.random.split(key)
+    return key_batch, key_loss
+
+
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def draw_eval_rows(key: jax.Array, num_batches: int, batch_size: int, num_windows: int):
     """The window rows (num_batches, batch_size) that `make_eval_loss` samples from `key`."""
     keys = jax.random.split(key, num_batches)
-    return jax.vmap(lambda k: draw_window_rows(jax.random.split(k)[0], batch_size, num_windows))(
-        keys
-    )
+    return jax.vmap(lambda k: draw_window_rows(split_eval_key(k)[0], batch_size, num_windows))(keys)
 
 
 class StepRows(Sequence):
@@ -374,7 +378,7 @@ def make_eval_loss(
     def evaluate(params, data: WindowData | Batch, key: jax.Array, *frozen):
         def one(carry, xs):
             k, batch = xs
-            key_batch, key_loss = jax.random.split(k)
+            key_batch, key_loss = split_eval_key(k)
             if batch is None:
                 batch = sample_windows(data, key_batch, batch_size)
             batch = jax.lax.with_sharding_constraint(batch, batch_sharded(mesh))
