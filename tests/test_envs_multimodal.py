@@ -10,6 +10,7 @@ import pytest
 from dpjax.envs import make_task, rollout_expert
 from dpjax.envs import multimodal as mm
 from dpjax.envs import multimodal_expert as mx
+from dpjax.envs.demonstrators import QUALITIES
 from dpjax.errors import ConfigError
 
 
@@ -232,9 +233,9 @@ def test_mixed_quality_demonstrators_at_their_proportions_all_succeed():
     # the side is still the expert's choice, at its frequencies
     np.testing.assert_allclose(np.bincount(out["chosen_mode"], minlength=3) / 2000,
                                mm.MODE_PROBS, atol=0.03)  # fmt: skip
-    for i, name in enumerate(mm.QUALITIES):
+    for i, name in enumerate(QUALITIES):
         assert out["success"][quality == i].mean() >= 0.99, name
-    by = {name: quality == i for i, name in enumerate(mm.QUALITIES)}
+    by = {name: quality == i for i, name in enumerate(QUALITIES)}
     proficient = lengths[by["proficient"]].mean()
     assert lengths[by["slow"]].mean() > 1.25 * proficient  # 1 / SLOW_SPEED = 1.43x the cruise
     extra = lengths[by["hesitant"]].mean() - proficient
@@ -253,7 +254,7 @@ def test_mixed_quality_demonstrators_at_their_proportions_all_succeed():
     task = make_task("multimodal", quality_mix=list(mix))  # as JSON records it
     episodes = task.collect_episodes(8, seed=0)
     assert [e["episode_metadata"]["quality"] for e in episodes] == [
-        mm.QUALITIES[q] for q in quality[:8]
+        QUALITIES[q] for q in quality[:8]
     ]
     assert "quality" not in make_task("multimodal").collect_episodes(1)[0]["episode_metadata"]
     # the gym adapter's expert is the same demonstrator (noise and hesitation included)

@@ -13,7 +13,8 @@ An `Episode` is the in-memory form of one RLDS episode (numpy arrays, leading ax
       },
       "episode_metadata": {"task": str, "seed": int, "expert": str, "success": bool,
                            "mode": int (-1 where the task has no modes),
-                           # optional: "language_instruction": str}
+                           # optional: "language_instruction": str, "strategy": str and
+                           # "quality": str (dpjax.envs.demonstrators)}
     }
 
 Step t holds the observation seen at t and the action taken after seeing it (RLDS convention).
@@ -107,6 +108,8 @@ def rollout_expert(
                 break
     finally:
         env.close()
+    # The demonstrator's strategy and quality, where the expert names them (`demonstrators`).
+    named = {k: str(getattr(expert, k)) for k in ("strategy", "quality") if hasattr(expert, k)}
     return make_episode(
         observations,
         actions,
@@ -118,6 +121,7 @@ def rollout_expert(
             "expert": task.expert_name,
             "success": success,
             "mode": mode,
+            **named,
         },
     )
 

@@ -40,10 +40,25 @@ from collections.abc import Callable
 
 import numpy as np
 
+from dpjax.envs import demonstrators
 from dpjax.envs.base import ArraySpec, Task
 from dpjax.errors import ConfigError, DataError, require_extra, unknown_name
 
 STATE_DIM, ACTION_DIM = 39, 4
+STRATEGIES = ("direct", "left", "right")
+VIA_MARGIN = 0.12  # m beyond the start-object corridor in x: the direct path stays clear
+VIA_RADIUS = 0.05  # m (xy) around a via-point: entering it shows the mode
+# The approach has arrived when the hand is this close to the object's start in xy (m) and
+# this far below its own start height (m): every task's object lies lower than the hand starts.
+APPROACH_RADIUS, APPROACH_DROP = 0.06, 0.04
+VIA_REACHED = 0.02  # m: the expert hands over to the scripted policy this close to its via
+VIA_GAIN = 10.0  # the P gain of Meta-World's own scripted `move`
+# The slow demonstrator holds still every third step (2/3 of the pace) until it grasps (grip
+# effort above SLOW_UNTIL_GRIP): Meta-World's gripper closes at its own speed, and a slower
+# descent with a normal closing lands the fingers on top of the object.
+SLOW_EVERY, SLOW_UNTIL_GRIP = 3, 0.3
+HESITATION_STEPS, HESITATE_WITHIN = 15, 60
+NOISY_STD = 0.2  # on top of `action_noise`; actions are in [-1, 1] (1: ~1 cm a step)
 CONTROL_HZ = 80.0  # Meta-World: timestep 0.0025 s x frame_skip 5
 POSITION_SPLITS = ("train", "heldout")
 _MAX_SPLIT_DRAWS = 1000
@@ -79,6 +94,8 @@ class MetaWorldConfig:
     camera: str = "corner2"
     position_split: str | None = None  # None | "train" | "heldout"
     action_noise: float = 0.0
+    strategies: tuple[float, ...] | None = None  # probabilities over STRATEGIES
+    quality_mix: tuple[float, float, float, float] = demonstrators.PROFICIENT
 
 
 def is_heldout_position(xy: np.ndarray, low: np.ndarray, high: np.ndarray) -> bool:
@@ -118,6 +135,8 @@ class MetaWorldEnv:
         self._next_seed = seed
         self._t = 0
         self.object_position: np.ndarray | None = None  # (3,) initial object position
+        self.via_points: np.ndarray | None = None  # (2, 3): the left and right via-points
+        self._mode = -1
 
     def _observe(self, state: np.ndarray) -> dict[str, np.ndarray]:
         obs = {"state": np.asarray(state, np.float32)}
@@ -159,8 +178,44 @@ class MetaWorldEnv:
                 break
         else:
             raise DataError(f"no {self.config.position_split!r} object position in reach")
+        state = self._observe_reset()
         self._t = 0
-        return self._observe(state), {"success": False, "mode": -1}
+        self.via_points = via_points(state[:3], state[4:7])
+        self._starts = (np.array(state[:3], np.float64), np.array(state[4:7], np.float64))
+        self._mode = -1
+        return self._observe(state), {"success": False, "mode": self._classify(state)}
+
+    def _observe_reset(self) -> np.ndarray:
+        """The state (39,) after a reset, with the scene's current positions.
+
+        Meta-World's reset observes before MuJoCo recomputes the positions of sites and
+        bodies for the new joint values: on drawer-open and button-press the observed object
+        is where the previous episode's scene had it (up to ~0.2 m off) until the first step.
+        """
+        import mujoco
+
+        env = self._env
+        mujoco.mj_forward(env.model, env.data)
+        current = env._get_curr_obs_combined_no_goal()
+        env._prev_obs = current.copy()
+        return np.hstack([current, current, env._get_pos_goal()])
+
+    def _classify(self, state: np.ndarray, success: bool = False) -> int:
+        """The mode the hand's path shows so far (an index of STRATEGIES; -1: none yet)."""
+        if self.config.strategies is None or self._mode >= 0:
+            return self._mode
+        hand = np.asarray(state[:3], np.float64)
+        near_via = np.linalg.norm(self.via_points[:, :2] - hand[:2], axis=-1) <= VIA_RADIUS
+        start_hand, start_object = self._starts
+        arrived = (
+            np.linalg.norm(hand[:2] - start_object[:2]) <= APPROACH_RADIUS
+            and hand[2] < start_hand[2] - APPROACH_DROP
+        )
+        if near_via.any():
+            self._mode = STRATEGIES.index(("left", "right")[int(np.argmax(near_via))])
+        elif arrived or success:
+            self._mode = STRATEGIES.index("direct")
+        return self._mode
 
     def step(self, action: np.ndarray):
         action = np.clip(np.asarray(action, np.float32).reshape(ACTION_DIM), -1.0, 1.0)
@@ -168,7 +223,7 @@ class MetaWorldEnv:
         self._t += 1
         info = {k: float(v) for k, v in info.items() if np.ndim(v) == 0}
         info["success"] = bool(info.get("success", 0.0))
-        info["mode"] = -1
+        info["mode"] = self._classify(state, info["success"])
         truncated = bool(truncated) or self._t >= self.config.max_episode_steps
         return self._observe(state), float(reward), bool(terminated), truncated, info
 
@@ -181,22 +236,64 @@ class MetaWorldEnv:
             self._env = None
 
 
+def via_points(hand: np.ndarray, obj: np.ndarray) -> np.ndarray:
+    """(2, 3) the left and right via-points of an episode from the hand's and the object's
+    start positions (3,) each (see the module doc)."""
+    low, high = min(hand[0], obj[0]) - VIA_MARGIN, max(hand[0], obj[0]) + VIA_MARGIN
+    y, z = (hand[1] + obj[1]) / 2, hand[2]
+    return np.array([[low, y, z], [high, y, z]], np.float64)
+
+
+def _scripted_action(policy, state: np.ndarray) -> np.ndarray:
+    with warnings.catch_warnings():  # "Constant(s) may be too high": the env clips anyway
+        warnings.simplefilter("ignore")
+        return np.clip(policy.get_action(state.astype(np.float64)), -1.0, 1.0)
+
+
 def make_expert(env: MetaWorldEnv, seed: int) -> Callable[[dict], np.ndarray]:
-    """Meta-World's scripted policy for the env, plus seeded N(0, action_noise^2) noise."""
+    """Meta-World's scripted policy for the env, plus seeded N(0, action_noise^2) noise; with
+    `strategies`, the episode's approach first; with `quality_mix`, its demonstrator's ways.
+    The returned expert names them in its `strategy` / `quality` attributes (where asked for),
+    which the collector records as episode metadata."""
     _, policies = _load()
-    policy = policies[env.config.env_name]()
+    config = env.config
+    policy = policies[config.env_name]()
     rng = np.random.default_rng(seed)
-    noise = env.config.action_noise
+    noise = config.action_noise
+    strategy = (
+        STRATEGIES[demonstrators.draw(config.strategies, seed, demonstrators.STRATEGY_STREAM)]
+        if config.strategies is not None
+        else "direct"
+    )
+    quality = demonstrators.draw_quality(config.quality_mix, seed)
+    via = None if strategy == "direct" else env.via_points[STRATEGIES.index(strategy) - 1]
 
     def expert(obs: dict) -> np.ndarray:
-        with warnings.catch_warnings():  # "Constant(s) may be too high": the env clips anyway
-            warnings.simplefilter("ignore")
-            action = policy.get_action(obs["state"].astype(np.float64))
-        action = np.clip(action, -1.0, 1.0)
+        nonlocal via
+        state = obs["state"]
+        if via is not None and np.linalg.norm(via - state[:3]) <= VIA_REACHED:
+            via = None  # the scripted policy takes over from here
+        if via is not None:
+            move = np.clip(VIA_GAIN * (via - state[:3]), -1.0, 1.0)
+            action = np.append(move, -1.0)  # gripper open on the way
+        else:
+            action = _scripted_action(policy, state)
         if noise > 0:
             action = np.clip(action + rng.normal(0.0, noise, ACTION_DIM), -1.0, 1.0)
         return action.astype(np.float32)
 
+    if config.quality_mix != demonstrators.PROFICIENT:
+        expert = demonstrators.MixedQualityExpert(
+            expert, quality, seed,
+            hold=lambda last: np.concatenate([np.zeros(3, np.float32), last[3:]]),
+            noise_std=NOISY_STD, hesitation_steps=HESITATION_STEPS,
+            hesitate_within=HESITATE_WITHIN, slow_every=SLOW_EVERY,
+            slow_while=lambda last: last[3] <= SLOW_UNTIL_GRIP, clip=(-1.0, 1.0),
+        )  # fmt: skip
+    if config.strategies is not None:
+        expert.strategy = strategy
+    if config.quality_mix != demonstrators.PROFICIENT:
+        expert.quality = quality
     return expert
 
 
@@ -208,8 +305,12 @@ def make_task(
     camera: str = "corner2",
     position_split: str | None = None,
     action_noise: float = 0.0,
+    strategies: dict[str, float] | list[str] | None = None,
+    quality_mix: tuple[float, float, float, float] = demonstrators.PROFICIENT,
 ) -> Task:
-    """The task "metaworld-<env_name>", e.g. env_name="pick-place-v3"."""
+    """The task "metaworld-<env_name>", e.g. env_name="pick-place-v3". `strategies`: the
+    multimodal expert's approaches, {name: probability} or names (equally likely) of
+    STRATEGIES; `quality_mix`: mixed-quality demonstrators (`demonstrators.QUALITIES`)."""
     valid = env_names()  # raises MissingExtraError first when the extra is missing
     if env_name not in valid:
         raise unknown_name("metaworld env", env_name, valid)
@@ -226,6 +327,8 @@ def make_task(
         camera=camera,
         position_split=position_split,
         action_noise=action_noise,
+        strategies=demonstrators.check_strategies(strategies, STRATEGIES),
+        quality_mix=demonstrators.check_quality_mix(quality_mix),
     )
     spec = {"state": ArraySpec((STATE_DIM,), "float32")}
     if image_size is not None:
@@ -239,4 +342,5 @@ def make_task(
         make_expert=make_expert,
         expert_name="metaworld-scripted",
         control_hz=CONTROL_HZ,
+        modes=STRATEGIES if config.strategies is not None else (),
     )

@@ -39,7 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from dpjax.errors import ConfigError
+from dpjax.envs import demonstrators
+from dpjax.envs.demonstrators import PROFICIENT, check_quality_mix
 
 MODES = ("north", "east", "south")
 MODE_PROBS = (0.45, 0.40, 0.15)
@@ -54,7 +55,6 @@ GRASP_TOL = 0.04  # a learned policy need not be more precise than ~1.5% of the 
 # The demonstrators of mixed-quality data (MultimodalConfig.quality_mix): the scripted
 # expert; one moving at SLOW_SPEED of its speed; one that stops for HESITATION_STEPS at a
 # random point of the route; one whose every action jitters by NOISY_STD (recorded as taken).
-QUALITIES = ("proficient", "slow", "hesitant", "noisy")
 SLOW_SPEED = 0.7
 HESITATION_STEPS = 10
 NOISY_STD = 0.01
@@ -84,14 +84,14 @@ class MultimodalConfig:
     # "goal"; only a grasp from that side succeeds and the expert takes that side.
     goal_conditioned: bool = False
     # Mixed-quality demonstrations, as human operators give them: the probabilities of the
-    # demonstrator's QUALITIES per episode (proficient, slow, hesitant, noisy); see
+    # demonstrator's `demonstrators.QUALITIES` per episode (proficient, slow, hesitant, noisy); see
     # dpjax.envs.multimodal_expert. The default is the proficient scripted expert alone.
-    quality_mix: tuple[float, float, float, float] = (1.0, 0.0, 0.0, 0.0)
+    quality_mix: tuple[float, float, float, float] = PROFICIENT
 
     @property
     def mixed_quality(self) -> bool:
         """Whether demonstrators other than the proficient expert are drawn."""
-        return self.quality_mix != (1.0, 0.0, 0.0, 0.0)
+        return self.quality_mix != PROFICIENT
 
 
 DEFAULT_CONFIG = MultimodalConfig()
@@ -193,12 +193,7 @@ def mode_of_offset(offset: jax.Array, distance: jax.Array) -> jax.Array:
 def mode_frequencies(modes) -> dict[str, float]:
     """{"north": f, "east": f, "south": f}: the fraction of the episodes (with a mode, >= 0)
     of each mode, e.g. measured from demonstrations' `episode_metadata["mode"]`."""
-    modes = np.asarray(list(modes), np.int64)
-    with_mode = modes[modes >= 0]
-    return {
-        name: float(np.mean(with_mode == k)) if len(with_mode) else 0.0
-        for k, name in enumerate(MODES)
-    }
+    return demonstrators.mode_frequencies(modes, MODES)
 
 
 def classify_mode(
@@ -359,22 +354,13 @@ def config_from_options(
     max_episode_steps: int = 100,
     mode_probs: tuple[float, float, float] = MODE_PROBS,
     goal_conditioned: bool = False,
-    quality_mix: tuple[float, float, float, float] = (1.0, 0.0, 0.0, 0.0),
+    quality_mix: tuple[float, float, float, float] = PROFICIENT,
 ) -> MultimodalConfig:
     """The MultimodalConfig of `make_task`'s options (as a dataset's collection info records
     them, JSON lists included)."""
-    try:
-        mix = () if isinstance(quality_mix, str) else tuple(float(p) for p in quality_mix)
-    except (TypeError, ValueError):
-        mix = ()
-    if len(mix) != len(QUALITIES) or min(mix) < 0 or not sum(mix) > 0:
-        raise ConfigError(
-            f"quality_mix must be {len(QUALITIES)} probabilities ({', '.join(QUALITIES)}) "
-            f"with a positive sum, e.g. [0.6,0.2,0.1,0.1], got {quality_mix!r}"
-        )
     return MultimodalConfig(
         max_episode_steps=int(max_episode_steps),
         mode_probs=tuple(mode_probs),
         goal_conditioned=bool(goal_conditioned),
-        quality_mix=tuple(p / sum(mix) for p in mix),
+        quality_mix=check_quality_mix(quality_mix),
     )

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dpjax.envs.base import Episode, make_episode
+from dpjax.envs.demonstrators import QUALITIES
 from dpjax.envs.multimodal import (
     DEFAULT_CONFIG,
     EXPERT_ACCEL_STEPS,
@@ -34,7 +35,6 @@ from dpjax.envs.multimodal import (
     GRASP_DISTANCE,
     HESITATION_STEPS,
     NOISY_STD,
-    QUALITIES,
     SIDES,
     SLOW_SPEED,
     WAYPOINT_JITTER,

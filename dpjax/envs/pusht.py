@@ -60,10 +60,12 @@ class PushTEnv:
 
     `info` of reset and step carries "success" (bool, the package's criterion) and "coverage"
     (float, fraction of the goal T covered by the block). `physics` is the package's own env
-    (pymunk bodies `agent`, `block`), which scripted experts may read.
+    (pymunk bodies `agent`, `block`), which scripted experts may read. With `classify_modes`,
+    info["mode"] is the part of the T the agent touched first (an index of
+    `pusht_expert.STRATEGIES`; -1 before any contact), else always -1.
     """
 
-    def __init__(self, obs_type: str = "state", **options):
+    def __init__(self, obs_type: str = "state", classify_modes: bool = False, **options):
         if obs_type not in _PACKAGE_OBS_TYPES:
             raise ConfigError(
                 f"unknown PushT obs_type {obs_type!r}; valid: {', '.join(_PACKAGE_OBS_TYPES)}"
@@ -72,6 +74,8 @@ class PushTEnv:
         import gymnasium
 
         self.obs_type = obs_type
+        self.classify_modes = classify_modes
+        self._mode = -1
         self._env = gymnasium.make(
             "gym_pusht/PushT-v0",
             obs_type=_PACKAGE_OBS_TYPES[obs_type],
@@ -93,6 +97,8 @@ class PushTEnv:
         info = dict(info)
         info["coverage"] = float(self.physics._get_coverage())
         info["success"] = bool(info.get("is_success", False))
+        self._mode = -1
+        info["mode"] = self._classify()
         return self._observation(obs), info
 
     def step(self, action: np.ndarray) -> tuple[Observation, float, bool, bool, dict]:
@@ -101,10 +107,27 @@ class PushTEnv:
         info = dict(info)
         info["success"] = bool(info["is_success"])
         info["coverage"] = float(info["coverage"])
+        info["mode"] = self._classify()
         return self._observation(obs), float(reward), bool(terminated), bool(truncated), info
 
     def close(self) -> None:
         self._env.close()
+
+    def block_keypoints(self) -> np.ndarray:
+        """The T's 8 corners in the world frame, bar then stem: (8, 2)."""
+        # The package's ordered list: pymunk's `block.shapes` is a set, in no fixed order.
+        block, shapes = self.physics.block, self.physics._block_shapes
+        return np.asarray(
+            [block.local_to_world(v) for shape in shapes for v in shape.get_vertices()]
+        )
+
+    def _classify(self) -> int:
+        if self.classify_modes and self._mode < 0:
+            from dpjax.envs.pusht_expert import contact_mode
+
+            agent = np.asarray(self.physics.agent.position)
+            self._mode = contact_mode(agent, self.block_keypoints())
+        return self._mode
 
     def _observation(self, obs) -> Observation:
         if self.obs_type == "state":

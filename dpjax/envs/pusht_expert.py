@@ -19,6 +19,16 @@ simulated.
 Speed: the commanded target never moves more than `max_step_px` (default 12 px) per 0.1 s
 step, i.e. 120 px/s: the workspace is crossed in ~4 s, about a human moving a mouse with care,
 as in Diffusion Policy's PushT teleoperation demos.
+
+Strategies (`first_contact`, one of STRATEGIES; `dpjax.envs.demonstrators`): the first push of
+the episode starts from a contact point on that part of the T only ("bar": its top, ends and
+underside; "stem": its sides and bottom), so the same scene is solved along different routes;
+planning is free from the second push on. `contact_mode` classifies the part of the T an agent
+touches first, for the expert and a learned policy alike (the env reports it, `pusht.py`).
+
+Mixed quality (`make_expert`'s `quality_mix`): "slow" plans and moves at SLOW_SPEED of the
+expert's speed, "hesitant" holds its target for HESITATION_STEPS at a random step of the first
+HESITATE_WITHIN, "noisy" jitters every target by N(0, NOISY_STD^2) px (recorded as taken).
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ import math
 
 import numpy as np
 
+from dpjax.envs import demonstrators
 from dpjax.envs.pusht import GOAL_POSE, SUCCESS_COVERAGE, import_gym_pusht
 
 AGENT_RADIUS = 15.0
@@ -38,6 +49,11 @@ CORNER_OFFSET = AGENT_RADIUS + 8.0  # the disc lags its target and cuts corners
 ORBIT_RADIUS = 100.0  # T circumradius about its centre of gravity (~77) + disc + margin
 ARENA = (20.0, 492.0)  # the walls are at 5 and 506, 2 px thick; the disc must fit
 PUSH_DISTANCES = (3.0, 8.0, 16.0, 32.0, 64.0, 110.0)  # target travel past contact, px
+STRATEGIES = ("bar", "stem")  # the part of the T the first push starts from
+CONTACT_GAP = 1.5  # px beyond the disc's radius that counts as touching the T
+SLOW_SPEED = 0.6
+HESITATION_STEPS, HESITATE_WITHIN = 10, 100
+NOISY_STD = 3.0  # px; the arena is 512 px, success needs ~2 px, so the planner corrects
 
 # Contact points of the T in its body frame (gym-pusht `add_tee`, scale 30: bar x in [-60, 60],
 # y in [0, 30]; stem x in [-15, 15], y in [30, 120]) as (point on face, outward normal).
@@ -53,14 +69,36 @@ _FACES = (
 )
 
 
-def contact_points() -> tuple[np.ndarray, np.ndarray]:
-    """Contact points on the T's faces and their outward normals, block frame: (K, 2), (K, 2)."""
-    points, normals = [], []
-    for axis, value, offsets, normal in _FACES:
+# The part of the T each face of _FACES belongs to (an index of STRATEGIES).
+_FACE_PARTS = (0, 0, 0, 0, 1, 1, 1)
+
+
+def contact_points() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Contact points on the T's faces, their outward normals (block frame) and the part of
+    the T they are on (an index of STRATEGIES): (K, 2), (K, 2), (K,)."""
+    points, normals, parts = [], [], []
+    for (axis, value, offsets, normal), part in zip(_FACES, _FACE_PARTS, strict=True):
         for offset in offsets:
             points.append((value, offset) if axis == "x" else (offset, value))
             normals.append(normal)
-    return np.asarray(points), np.asarray(normals)
+            parts.append(part)
+    return np.asarray(points), np.asarray(normals), np.asarray(parts)
+
+
+def contact_mode(agent: np.ndarray, keypoints: np.ndarray) -> int:
+    """The part of the T (an index of STRATEGIES) the disc at `agent` (2,) touches, -1 if it
+    touches none; `keypoints` (8, 2): the T's corners in the world frame (bar, then stem), as
+    gym-pusht's keypoint observation has them."""
+    import shapely.geometry as sg
+
+    point = sg.Point(float(agent[0]), float(agent[1]))
+    distances = [
+        sg.Polygon(keypoints[:4]).distance(point),
+        sg.Polygon(keypoints[4:]).distance(point),
+    ]
+    if min(distances) > AGENT_RADIUS + CONTACT_GAP:
+        return -1
+    return int(np.argmin(distances))
 
 
 def _rotation(angle: float) -> np.ndarray:
@@ -80,7 +118,8 @@ class PhysicsCopy:
         self.agent, self.block = self.env.agent, self.env.block
         self._substeps = int(1 / (physics.dt * physics.control_hz))
         self._dt, self._kp, self._kv = physics.dt, physics.k_p, physics.k_v
-        local = [np.asarray(v) for s in self.block.shapes for v in s.get_vertices()]
+        # Bar then stem, as the package lists them (`block.shapes` is a set: no fixed order).
+        local = [np.asarray(v) for s in self.env._block_shapes for v in s.get_vertices()]
         self.local_keypoints = np.asarray(local)  # (8, 2)
         self.goal_keypoints = self.local_keypoints @ _rotation(GOAL_POSE[2]).T + GOAL_POSE[:2]
 
@@ -288,13 +327,17 @@ class PushTExpert:
         settle_steps: int = 2,
         step_cost: float = 0.3,
         max_episode_steps: int = 300,
+        first_contact: str | None = None,
     ):
         self.physics = physics
         self.copy = PhysicsCopy(physics)
         self.max_step_px, self.push_step_px = max_step_px, min(push_step_px, max_step_px)
         self.settle_steps, self.step_cost = settle_steps, step_cost
         self.steps_left = max_episode_steps
-        self.points, self.normals = contact_points()
+        self.points, self.normals, self.parts = contact_points()
+        if first_contact is not None and first_contact not in STRATEGIES:
+            raise ValueError(f"first_contact must be one of {STRATEGIES}, got {first_contact!r}")
+        self.first_contact = first_contact
         self.last_target = np.asarray(physics.agent.position, np.float64)
         self.queue: list[np.ndarray] = []
         self.num_plans = 0
@@ -318,7 +361,11 @@ class PushTExpert:
         origin = np.asarray(copy.block.position)
         agent = np.asarray(copy.agent.position)
         best = _Candidate(copy.keypoint_error(), self.step_cost)
-        for point, normal in zip(self.points, self.normals, strict=True):
+        contacts = zip(self.points, self.normals, self.parts, strict=True)
+        first = STRATEGIES.index(self.first_contact) if self.first_contact else None
+        for point, normal, part in contacts:
+            if self.num_plans == 0 and first is not None and part != first:
+                continue
             normal_w = rotation @ normal
             contact = rotation @ point + origin + normal_w * AGENT_RADIUS
             pre_contact = contact + normal_w * STANDOFF
@@ -364,3 +411,36 @@ class PushTExpert:
                 best.offer(0.0, plan, success=True)
                 return True
         return False
+
+
+def make_expert(
+    env,
+    seed: int,
+    *,
+    strategies: tuple[float, ...] | None = None,
+    quality_mix: tuple[float, float, float, float] = demonstrators.PROFICIENT,
+    **expert_options,
+):
+    """The expert of episode `seed` on `env` (a `pusht.PushTEnv`): its strategy drawn with
+    `strategies` (probabilities over STRATEGIES; None: free planning), its demonstrator with
+    `quality_mix`; named in the returned expert's `strategy` / `quality` where asked for."""
+    strategy = (
+        STRATEGIES[demonstrators.draw(strategies, seed, demonstrators.STRATEGY_STREAM)]
+        if strategies is not None
+        else None
+    )
+    quality = demonstrators.draw_quality(quality_mix, seed)
+    if quality == "slow":
+        for name, default in (("max_step_px", 12.0), ("push_step_px", 8.0)):
+            expert_options[name] = SLOW_SPEED * expert_options.get(name, default)
+    expert = PushTExpert(env.physics, first_contact=strategy, **expert_options)
+    if quality_mix != demonstrators.PROFICIENT:
+        expert = demonstrators.MixedQualityExpert(
+            expert, quality, seed, hold=lambda last: last, noise_std=NOISY_STD,
+            hesitation_steps=HESITATION_STEPS, hesitate_within=HESITATE_WITHIN,
+            clip=(0.0, 512.0),
+        )  # fmt: skip
+        expert.quality = quality
+    if strategy is not None:
+        expert.strategy = strategy
+    return expert

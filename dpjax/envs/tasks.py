@@ -15,7 +15,7 @@ import importlib
 import inspect
 from collections.abc import Callable, Iterable
 
-from dpjax.envs import multimodal, multimodal_expert, pusht, pusht_expert
+from dpjax.envs import demonstrators, multimodal, multimodal_expert, pusht, pusht_expert
 from dpjax.envs.base import ArraySpec, Task
 from dpjax.errors import ConfigError, unknown_name
 
@@ -77,7 +77,7 @@ def multimodal_task(
     quality_mix: tuple[float, float, float, float] = (1.0, 0.0, 0.0, 0.0),
 ) -> Task:
     """The "multimodal" task; options are `MultimodalConfig` fields (`quality_mix`: mixed-
-    quality demonstrators, proficient / slow / hesitant / noisy, `multimodal.QUALITIES`)."""
+    quality demonstrators, proficient / slow / hesitant / noisy, `demonstrators.QUALITIES`)."""
     config = multimodal.config_from_options(
         max_episode_steps=max_episode_steps,
         mode_probs=mode_probs,
@@ -100,24 +100,35 @@ def multimodal_task(
     )
 
 
-def pusht_task(obs_type: str = "state", **options) -> Task:
+def pusht_task(
+    obs_type: str = "state",
+    strategies: dict[str, float] | list[str] | None = None,
+    quality_mix: tuple[float, float, float, float] = demonstrators.PROFICIENT,
+    **options,
+) -> Task:
     """The PushT task with the simulator-planning expert (`dpjax.envs.pusht_expert`).
 
-    `options` go to gym-pusht's env (e.g. `damping`, `block_cog`), except `expert_options`,
-    a dict for `pusht_expert.PushTExpert` (e.g. {"max_step_px": 10.0}).
+    `strategies`: the multimodal expert's first contacts, {name: probability} or names (equally
+    likely) of `pusht_expert.STRATEGIES`; the env then reports the part of the T touched first
+    as the mode. `quality_mix`: mixed-quality demonstrators (`demonstrators.QUALITIES`).
+    Other `options` go to gym-pusht's env (e.g. `damping`, `block_cog`), except
+    `expert_options`, a dict for `pusht_expert.PushTExpert` (e.g. {"max_step_px": 10.0}).
     """
     if obs_type not in pusht.OBSERVATION_SPECS:
         raise ConfigError(
             f"unknown PushT obs_type {obs_type!r}; valid: {', '.join(pusht.OBSERVATION_SPECS)}"
         )
     expert_options = dict(options.pop("expert_options", {}))
+    probs = demonstrators.check_strategies(strategies, pusht_expert.STRATEGIES)
+    mix = demonstrators.check_quality_mix(quality_mix)
     pusht.import_gym_pusht()  # fail at task creation, not at the first episode
     from gym_pusht.envs import PushTEnv as PackageEnv
 
     # The other options go to the package's own env constructor.
     check_options(
-        PackageEnv.__init__, options, "task 'pusht'", positional=1, extra=("expert_options",)
-    )
+        PackageEnv.__init__, options, "task 'pusht'", positional=1,
+        extra=("expert_options", "strategies", "quality_mix"),
+    )  # fmt: skip
     check_options(pusht_expert.PushTExpert, expert_options, "PushT expert_options", positional=1)
 
     return Task(
@@ -125,10 +136,13 @@ def pusht_task(obs_type: str = "state", **options) -> Task:
         observation_spec=pusht.OBSERVATION_SPECS[obs_type],
         action_dim=2,
         max_episode_steps=pusht.MAX_EPISODE_STEPS,
-        make_env=lambda seed: pusht.PushTEnv(obs_type, **options),
-        make_expert=lambda env, seed: pusht_expert.PushTExpert(env.physics, **expert_options),
+        make_env=lambda seed: pusht.PushTEnv(obs_type, classify_modes=probs is not None, **options),
+        make_expert=lambda env, seed: pusht_expert.make_expert(
+            env, seed, strategies=probs, quality_mix=mix, **expert_options
+        ),
         expert_name="pusht-sim-planner",
         control_hz=pusht.CONTROL_HZ,
+        modes=pusht_expert.STRATEGIES if probs is not None else (),
     )
 
 

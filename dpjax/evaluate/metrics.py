@@ -96,15 +96,12 @@ def summarize_multimodal(
     demonstrations (`mode_frequencies` of their episode modes); default: the task's
     configured probabilities. "mode_frequency_error" is the largest |policy - expert|.
     "per_episode" keeps each episode's success, mode (-1: none), collision and length."""
-    from dpjax.envs.multimodal import MODE_PROBS, MODES, mode_frequencies
+    from dpjax.envs.multimodal import MODE_PROBS, MODES
 
     n = len(rollouts["success"])
     successes = int(np.sum(rollouts["success"]))
     modes = np.asarray(rollouts["mode"])
-
-    success_modes = modes[np.asarray(rollouts["success"], bool)]
     expert = dict(expert_mode_frequencies or zip(MODES, MODE_PROBS, strict=True))
-    policy_modes = mode_frequencies(modes)
     boundary, inside = chunk_boundary_jumps(
         rollouts["actions"], rollouts["length"], action_horizon, first_switch
     )
@@ -121,11 +118,7 @@ def summarize_multimodal(
         "success_rate": successes / n,
         "success_ci95": wilson_interval(successes, n),
         "collision_rate": float(np.mean(rollouts["collision"])),
-        "mode_frequencies": policy_modes,
-        "success_mode_frequencies": mode_frequencies(success_modes),
-        "no_mode_fraction": float(np.mean(modes < 0)),
-        "expert_mode_frequencies": expert,
-        "mode_frequency_error": max(abs(policy_modes[m] - expert[m]) for m in MODES),
+        **mode_metrics(modes, rollouts["success"], MODES, expert),
         "mean_squared_jerk": mean_squared_jerk(rollouts["actions"], rollouts["length"]),
         "chunk_jump": boundary,
         "within_chunk_step": inside,
@@ -140,12 +133,35 @@ def summarize_multimodal(
     }
 
 
-def demonstration_mode_frequencies(episodes) -> dict[str, float]:
-    """The expert's mode frequencies measured on demonstrations (episodes of a multimodal
-    dataset, each with `episode_metadata["mode"]`): what a policy's modes should match."""
-    from dpjax.envs.multimodal import mode_frequencies
+def mode_metrics(modes, success, names, expert=None) -> dict[str, Any]:
+    """Mode frequencies of episodes with integer `modes` (N,) (indices of `names`, -1: none)
+    and bool `success` (N,): over all episodes, over the successful ones, the fraction with no
+    mode, and where `expert` ({name: fraction}) is given, it and "mode_frequency_error", the
+    largest |policy - expert|."""
+    from dpjax.envs.demonstrators import mode_frequencies
 
-    return mode_frequencies(int(e["episode_metadata"].get("mode", -1)) for e in episodes)
+    modes = np.asarray(modes, np.int64)
+    policy = mode_frequencies(modes, names)
+    out = {
+        "mode_frequencies": policy,
+        "success_mode_frequencies": mode_frequencies(modes[np.asarray(success, bool)], names),
+        "no_mode_fraction": float(np.mean(modes < 0)),
+    }
+    if expert:
+        out["expert_mode_frequencies"] = dict(expert)
+        out["mode_frequency_error"] = max(abs(policy[m] - expert.get(m, 0.0)) for m in names)
+    return out
+
+
+def demonstration_mode_frequencies(episodes, names=None) -> dict[str, float]:
+    """The expert's mode frequencies measured on demonstrations (episodes of a multimodal
+    dataset, each with `episode_metadata["mode"]`, an index of `names`; default: the cup's
+    modes): what a policy's modes should match."""
+    from dpjax.envs.demonstrators import mode_frequencies
+    from dpjax.envs.multimodal import MODES
+
+    modes = [int(e["episode_metadata"].get("mode", -1)) for e in episodes]
+    return mode_frequencies(modes, MODES if names is None else names)
 
 
 def max_reward(max_coverage, success_coverage: float = 0.95) -> np.ndarray:
@@ -159,11 +175,17 @@ def max_reward(max_coverage, success_coverage: float = 0.95) -> np.ndarray:
 
 
 def summarize_gym(
-    rollouts: dict[str, Any], action_horizon: int, first_switch: int | None = None
+    rollouts: dict[str, Any],
+    action_horizon: int,
+    first_switch: int | None = None,
+    modes: tuple[str, ...] = (),
+    expert_mode_frequencies=None,
 ) -> dict[str, Any]:
     """Success (95% CI), smoothness, lengths and, where the env reports coverage (PushT),
-    mean max / final coverage and `mean_max_reward`. "per_episode" keeps each episode's
-    seed, success, length (and coverage and max reward), so results can be re-aggregated."""
+    mean max / final coverage and `mean_max_reward`; where the task has `modes` (names), the
+    episodes' mode frequencies (`mode_metrics`, against `expert_mode_frequencies` where given).
+    "per_episode" keeps each episode's seed, success, length (and coverage and max reward, and
+    mode), so results can be re-aggregated."""
     n = len(rollouts["success"])
     successes = int(np.sum(rollouts["success"]))
     horizon = max(len(a) for a in rollouts["actions"])
@@ -196,5 +218,11 @@ def summarize_gym(
         metrics["final_coverage"] = float(np.nanmean(rollouts["final_coverage"]))
         per_episode["max_coverage"] = [float(c) for c in rollouts["max_coverage"]]
         per_episode["max_reward"] = [float(r) for r in rewards]
+    if modes:
+        episode_modes = rollouts.get("mode", [-1] * n)
+        metrics.update(
+            mode_metrics(episode_modes, rollouts["success"], modes, expert_mode_frequencies)
+        )
+        per_episode["mode"] = [int(m) for m in episode_modes]
     metrics["per_episode"] = per_episode
     return metrics

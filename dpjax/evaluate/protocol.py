@@ -57,10 +57,13 @@ def evaluate_run(
     if episodes is None:
         episodes = default_episodes(task_name)
     expert = None
-    if task_name == "multimodal":
+    if task_name == "multimodal" or task_options.get("strategies") is not None:
+        from dpjax.envs import make_task
+
         if dataset is None:
             dataset = load_dataset(metadata["config"]["dataset"])
-        expert = demonstration_mode_frequencies(dataset)
+        modes = make_task(task_name, **task_options).modes
+        expert = demonstration_mode_frequencies(dataset, modes)
     metrics, rollouts = evaluate_on_task(
         policy, params, task_name, task_options, num_episodes=episodes, seed=seed,
         frames=6, progress=progress, expert_mode_frequencies=expert, execution=execution,

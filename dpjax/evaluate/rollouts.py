@@ -210,7 +210,8 @@ def rollout_gym(
 ) -> dict[str, Any]:
     """Episodes on seeds seed..seed+N-1, `num_envs` environments stepped in lockstep so the
     policy is called on a batch. Returns lists: success, length, actions (T_i, A), and where
-    the env reports it (PushT) max/final coverage.
+    the env reports it (PushT) max/final coverage, and mode (the env's `info["mode"]` at the
+    episode's end, -1 where it reports none).
 
     `act_fn`, where given, stands in for the policy's compiled inference: any batched
     controller `act_fn(observations, key, *, envs, seeds) -> (B, >= action_horizon, A)`, called
@@ -231,7 +232,7 @@ def rollout_gym(
     if act_fn is None:
         execution = _checked_execution(policy, execution)
         plan_fn = policy.plan_fn(max_guidance=execution.max_guidance, **options)
-    out: dict[str, list] = {"seed": [], "success": [], "length": [], "actions": [],
+    out: dict[str, list] = {"seed": [], "success": [], "length": [], "actions": [], "mode": [],
                             "max_coverage": [], "final_coverage": []}  # fmt: skip
     key = jax.random.key(seed)
     frame_every = max(task.max_episode_steps // max(frames, 1), 1)
@@ -249,6 +250,7 @@ def rollout_gym(
             done = np.zeros(len(envs), bool)
             success = np.zeros(len(envs), bool)
             length = np.zeros(len(envs), int)
+            mode = np.full(len(envs), -1)
             coverage = [[] for _ in envs]
             actions = [[] for _ in envs]
             plans = None
@@ -288,6 +290,7 @@ def rollout_gym(
                     actions[i].append(action)
                     length[i] += 1
                     success[i] |= bool(info.get("success", False))
+                    mode[i] = int(info.get("mode", mode[i]))
                     if "coverage" in info:
                         coverage[i].append(float(info["coverage"]))
                     done[i] = success[i] or terminated or truncated
@@ -305,6 +308,7 @@ def rollout_gym(
         out["seed"] += seeds
         out["success"] += success.tolist()
         out["length"] += length.tolist()
+        out["mode"] += mode.tolist()
         out["actions"] += [np.asarray(a) for a in actions]
         out["max_coverage"] += [max(cv) if cv else float("nan") for cv in coverage]
         out["final_coverage"] += [cv[-1] if cv else float("nan") for cv in coverage]
@@ -355,8 +359,9 @@ def evaluate_on_task(
                 **options,
             )  # fmt: skip
         metrics = summarize_gym(
-            rollouts, policy.config.action_horizon, first_switch=_first_switch(policy, execution)
-        )
+            rollouts, policy.config.action_horizon, first_switch=_first_switch(policy, execution),
+            modes=task.modes, expert_mode_frequencies=expert_mode_frequencies,
+        )  # fmt: skip
         metrics.update(_execution_record(execution))
         metrics["denoiser_evaluations"] = policy.num_denoiser_evaluations(
             options.get("sampler"), options.get("num_inference_steps")
