@@ -184,3 +184,28 @@ def test_an_env_that_cannot_render_gives_its_numbers_and_no_frames(monkeypatch):
         )  # fmt: skip
     assert rollouts["frames"] == [] and len(calls) == 2  # one frame, one failure, then none
     assert rollouts["length"] == [40, 40] and len(rollouts["max_coverage"]) == 2
+
+
+def test_rollouts_report_the_modes_of_a_multimodal_task():
+    pytest.importorskip("metaworld")
+    task = make_task(
+        "metaworld-drawer-open-v3", action_noise=0.1, strategies=["direct", "left", "right"]
+    )
+    controller = ExpertController(task)
+    rollouts = evaluate.rollout_gym(
+        task, controller, None, num_episodes=6, seed=0, num_envs=3, act_fn=controller
+    )
+    expert = {"direct": 0.5, "left": 0.5, "right": 0.0}
+    metrics = evaluate.summarize_gym(rollouts, 1, modes=task.modes, expert_mode_frequencies=expert)
+    chosen = [controller._experts[s][1].strategy for s in range(6)]
+    assert metrics["success_rate"] == 1.0 and len(set(chosen)) > 1
+    assert metrics["per_episode"]["mode"] == [task.modes.index(c) for c in chosen]
+    frequencies = {m: chosen.count(m) / 6 for m in task.modes}
+    assert metrics["mode_frequencies"] == frequencies
+    assert metrics["mode_frequency_error"] == pytest.approx(
+        max(abs(frequencies[m] - expert[m]) for m in task.modes)
+    )
+    assert metrics["no_mode_fraction"] == 0.0
+    # A task without modes reports none.
+    plain = evaluate.summarize_gym(rollouts, 1)
+    assert "mode_frequencies" not in plain and "mode" not in plain["per_episode"]

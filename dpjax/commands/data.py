@@ -71,7 +71,12 @@ def describe(dataset) -> list[str]:
     lines += format_stats(stats)
     episodes = stats.info.get("episodes")
     if episodes:
-        modes = {k: v for k, v in episodes["modes"].items() if k != "-1"}
+        names = (stats.info.get("collection") or {}).get("modes") or []
+        modes = {
+            (names[int(k)] if int(k) < len(names) else k): v
+            for k, v in episodes["modes"].items()
+            if k != "-1"
+        }
         lines.append(
             f"successful episodes: {episodes['successful']}/{stats.num_episodes}"
             + (f"   modes (mode: episodes): {modes}" if modes else "")

@@ -138,6 +138,7 @@ def collect(
             "task": task.name,
             "task_options": dict(task_options or {}),
             "expert": task.expert_name,
+            "modes": list(task.modes),  # names of the episodes' integer modes
             "seed": seed,
             "action_noise": action_noise,
             "execution_noise": execution_noise,

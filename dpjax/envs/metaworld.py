@@ -57,7 +57,7 @@ VIA_GAIN = 10.0  # the P gain of Meta-World's own scripted `move`
 # effort above SLOW_UNTIL_GRIP): Meta-World's gripper closes at its own speed, and a slower
 # descent with a normal closing lands the fingers on top of the object.
 SLOW_EVERY, SLOW_UNTIL_GRIP = 3, 0.3
-HESITATION_STEPS, HESITATE_WITHIN = 15, 60
+HESITATION_STEPS, HESITATE_WITHIN = 15, 30  # Meta-World episodes: ~50-200 steps
 NOISY_STD = 0.2  # on top of `action_noise`; actions are in [-1, 1] (1: ~1 cm a step)
 CONTROL_HZ = 80.0  # Meta-World: timestep 0.0025 s x frame_skip 5
 POSITION_SPLITS = ("train", "heldout")

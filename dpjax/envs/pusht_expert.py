@@ -52,7 +52,7 @@ PUSH_DISTANCES = (3.0, 8.0, 16.0, 32.0, 64.0, 110.0)  # target travel past conta
 STRATEGIES = ("bar", "stem")  # the part of the T the first push starts from
 CONTACT_GAP = 1.5  # px beyond the disc's radius that counts as touching the T
 SLOW_SPEED = 0.6
-HESITATION_STEPS, HESITATE_WITHIN = 10, 100
+HESITATION_STEPS, HESITATE_WITHIN = 10, 60  # PushT episodes: ~100-300 steps
 NOISY_STD = 3.0  # px; the arena is 512 px, success needs ~2 px, so the planner corrects
 
 # Contact points of the T in its body frame (gym-pusht `add_tee`, scale 30: bar x in [-60, 60],
