@@ -114,3 +114,6 @@ def test_image_observations_are_opt_in():
     env.close()
     assert obs["image"].shape == (32, 32, 3) and obs["image"].dtype == np.uint8
     assert obs["image"].std() > 0  # a scene, not a blank frame
+    # Proprioception beside the image: the hand and gripper, not the objects.
+    assert task.observation_spec["agent_pos"].shape == (4,)
+    np.testing.assert_array_equal(obs["agent_pos"], obs["state"][:4])

@@ -5,7 +5,9 @@ policy works, e.g. pick-place-v3, push-v3, peg-insert-side-v3, drawer-open-v3.
 
 Observations: "state" (39,) float32, Meta-World's goal-observable vector (hand xyz, gripper
 opening, two object poses, the same 18 values of the previous step, goal xyz). Optional
-"image" (S, S, 3) uint8 from a MuJoCo camera when `image_size=S` is given: opt-in because
+"image" (S, S, 3) uint8 from a MuJoCo camera, with "agent_pos" (4,) float32 (hand xyz and
+gripper opening: the robot's proprioception, for policies that must not read the objects'
+poses from "state"), when `image_size=S` is given: opt-in because
 software rendering is slow on a CPU-only machine (~2-5 frames/s at 96x96 with EGL on mesa,
 against ~200-600 state-only steps/s, resets included, in benchmarks/expert_success.py).
 Rendering uses MUJOCO_GL, set to "egl" unless it is already set when metaworld is first
@@ -142,6 +144,7 @@ class MetaWorldEnv:
         obs = {"state": np.asarray(state, np.float32)}
         if self.config.image_size is not None:
             obs["image"] = self.render()
+            obs["agent_pos"] = obs["state"][:4].copy()  # what a robot knows of itself
         return obs
 
     def render(self) -> np.ndarray:
@@ -333,6 +336,7 @@ def make_task(
     spec = {"state": ArraySpec((STATE_DIM,), "float32")}
     if image_size is not None:
         spec["image"] = ArraySpec((image_size, image_size, 3), "uint8")
+        spec["agent_pos"] = ArraySpec((4,), "float32")
     return Task(
         name=f"metaworld-{env_name}",
         observation_spec=spec,
