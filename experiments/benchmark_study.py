@@ -7,6 +7,8 @@ from images as well.
     python experiments/benchmark_study.py --quick                # ~20 min on 2 cores, 1 seed
     python experiments/benchmark_study.py --budget-minutes 150   # full size, resumable
     python experiments/benchmark_study.py --report               # the page from finished cells
+    python experiments/benchmark_study.py --shard 0/2 & python experiments/benchmark_study.py --shard 1/2
+                                                                 # two processes side by side
 
 The full size does not fit one sitting on 2 CPU cores (about 30 hours of training and
 evaluation): it is resumable. Every finished cell (task x demonstrations x variant x policy x
@@ -669,6 +671,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-minutes", type=float,
                         help="start no new cell after this many minutes (the rest: a rerun)")  # fmt: skip
     parser.add_argument("--variants", help=f"comma-separated subset of {sorted(VARIANTS['cup'])}")
+    parser.add_argument("--shard", help="I/N: run every N-th cell from the I-th (0-based), "
+                        "for N processes side by side sharing the cells file")  # fmt: skip
     parser.add_argument("--report", action="store_true", help="only rebuild the page")
     parser.add_argument("--keep-runs", action="store_true", help="keep the run directories")
     parser.add_argument(
@@ -693,6 +697,15 @@ def main(argv: list[str] | None = None) -> int:
     variants = args.variants.split(",") if args.variants else None
     todo = [p for p in plan if cell_key(size_name, *p) not in cache.cells
             and (variants is None or p[1] in variants)]  # fmt: skip
+    if args.shard:
+        try:
+            index, count = (int(x) for x in args.shard.split("/"))
+            assert 0 <= index < count
+        except (ValueError, AssertionError):
+            parser.error(f"--shard wants I/N with 0 <= I < N, got {args.shard!r}")
+        # Over the whole plan (not what is left), so a shard's cells stay its own.
+        mine = {cell_key(size_name, *p) for p in plan[index::count]}
+        todo = [p for p in todo if cell_key(size_name, *p) in mine]
     done = sum(cell_key(size_name, *p) in cache.cells for p in plan)
     log(f"{NAME} ({size_name}): {done} of {len(plan)} cells done, {len(todo)} to run now")
     from dpjax.errors import MissingExtraError
@@ -713,6 +726,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"budget of {args.budget_minutes} min reached: stopping; rerun to continue")
             break
         log(f"{task.key} {variant} {demos} demos: {kind}, seed {seed}")
+        cache.refresh()  # what other shards finished, for the page
         try:
             record = cache.get(cell_key(size_name, *cell),
                                lambda cell=cell: run_cell(*cell, size, args, log))  # fmt: skip

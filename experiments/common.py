@@ -117,20 +117,33 @@ def success_cell(row) -> str:
 class CellCache:
     """Finished cells of a study in a JSON file: `get(key, compute)` returns the stored
     value or computes, stores (at once, so a killed study loses at most one cell) and
-    returns it; a rerun skips what is done."""
+    returns it; a rerun skips what is done. Several processes may share the file (a study
+    run in shards): each store re-reads it under a lock and adds its cell to what is there."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.cells = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.cells = self._read()
+
+    def _read(self) -> dict:
+        return json.loads(self.path.read_text()) if self.path.exists() else {}
 
     def get(self, key: str, compute):
         if key not in self.cells:
-            self.cells[key] = _jsonable(compute())
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.cells))
-            tmp.replace(self.path)
+            value = _jsonable(compute())
+            import fcntl
+
+            with open(self.path.with_suffix(".lock"), "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                self.cells = {**self._read(), key: value}
+                tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(self.cells))
+                tmp.replace(self.path)
         return self.cells[key]
+
+    def refresh(self) -> None:
+        """Reads the cells other processes have stored since."""
+        self.cells = {**self.cells, **self._read()}
 
 
 def provenance(

@@ -66,6 +66,12 @@ def test_cells_run_once_a_rerun_continues_and_the_verdicts_follow_them(tmp_path,
     assert [r[4] for r in ran] == [0] * 4 + [1] * 4  # seed by seed
     cells = json.loads((tmp_path / "benchmark_study_tiny_cells.json").read_text())
     assert len(cells) == 8
+    # Shards split the rest between them (here one after the other).
+    study.main([*args, "--variants", "single", "--shard", "0/2"])
+    study.main([*args, "--variants", "single", "--shard", "1/2"])
+    assert len(ran) == 16 and len(set(ran)) == 16
+    with pytest.raises(SystemExit):
+        study.main([*args, "--shard", "2/2"])
 
     study.main(args)  # continues: only the cells not yet run
     assert len(ran) == 24 and len(set(ran)) == 24

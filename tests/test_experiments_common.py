@@ -4,6 +4,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
@@ -36,3 +38,16 @@ def test_publish_study_writes_the_page_and_json(tmp_path, capsys):
     assert full[0].name == "study.md"
     assert full[0].read_text().startswith("# study (full)\n\n")
     assert full[0].read_text().endswith("\n| a |\n|---|\n")
+
+
+def test_cell_caches_sharing_a_file_keep_each_others_cells(tmp_path):
+    common = load_common()
+    path = tmp_path / "cells.json"
+    first, second = common.CellCache(path), common.CellCache(path)
+    assert first.get("a", lambda: {"x": 1}) == {"x": 1}
+    assert second.get("b", lambda: {"x": 2}) == {"x": 2}  # its own view did not have "a"
+    assert json.loads(path.read_text()) == {"a": {"x": 1}, "b": {"x": 2}}
+    first.refresh()
+    assert first.cells == {"a": {"x": 1}, "b": {"x": 2}}
+    # A stored cell is not computed again, by either.
+    assert common.CellCache(path).get("a", lambda: pytest.fail("recomputed")) == {"x": 1}
