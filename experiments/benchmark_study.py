@@ -553,8 +553,8 @@ def markdown(data: dict) -> str:
     for group, envs in GROUP_TASKS.items():
         lines.append(
             f"| {group} | {', '.join(e.removesuffix('-v3') for e in envs)} | "
-            f"{pct(state[group]['bc'])} | {pct(state[group]['diffusion'])} | "
-            f"{pct(image[group]['diffusion'])} | {DP3_DIFFUSION_POLICY[group]}% |"
+            f"{pct(state[group].get('bc'))} | {pct(state[group].get('diffusion'))} | "
+            f"{pct(image[group].get('diffusion'))} | {DP3_DIFFUSION_POLICY[group]}% |"
         )
     lines += [
         "",

@@ -49,6 +49,7 @@ def test_cells_run_once_a_rerun_continues_and_the_verdicts_follow_them(tmp_path,
     study = load_study()
     ran = []
     monkeypatch.setattr(study, "run_cell", fake_run_cell(ran))
+    monkeypatch.setattr(study.common, "have_matplotlib", lambda: False)  # the real run plots
     monkeypatch.setitem(study.SIZES, "tiny", study.dataclasses.replace(
         study.SIZES["tiny"], seeds=(0, 1), tasks=("drawer-open",)))  # fmt: skip
     args = ["--size", "tiny", "--work-dir", str(tmp_path / "work"),
@@ -96,13 +97,14 @@ def test_cells_run_once_a_rerun_continues_and_the_verdicts_follow_them(tmp_path,
     assert data["compute_hours"] == pytest.approx(24 * 66 / 3600)
 
 
-def test_a_real_tiny_run_trains_evaluates_and_resumes(tmp_path):
+def test_a_real_tiny_run_trains_evaluates_and_resumes(tmp_path, monkeypatch):
     study = load_study()
+    monkeypatch.setattr(study, "KINDS", ("diffusion",))  # two cells: the 16 and 8 demos
     args = ["--size", "tiny", "--variants", "multimodal", "--work-dir", str(tmp_path / "work"),
             "--results-dir", str(tmp_path)]  # fmt: skip
     assert study.main(args) == 0
     cells = json.loads((tmp_path / "benchmark_study_tiny_cells.json").read_text())
-    assert len(cells) == 4
+    assert len(cells) == 2 and (tmp_path / "benchmark_study_tiny.png").stat().st_size > 10_000
     for cell in cells.values():
         evaluation = cell["evaluations"]["cup"]
         assert evaluation["episodes"] == 8 and 0 <= evaluation["success_rate"] <= 1
@@ -121,4 +123,6 @@ def test_a_real_tiny_run_trains_evaluates_and_resumes(tmp_path):
     before = (tmp_path / "benchmark_study_tiny_cells.json").stat().st_mtime_ns
     assert study.main(args) == 0
     assert (tmp_path / "benchmark_study_tiny_cells.json").stat().st_mtime_ns == before
-    assert not (tmp_path / "work" / "runs" / "cup" / "multimodal" / "16" / "bc_seed0").exists()
+    assert not (
+        tmp_path / "work" / "runs" / "cup" / "multimodal" / "16" / "diffusion_seed0"
+    ).exists()
