@@ -671,8 +671,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-minutes", type=float,
                         help="start no new cell after this many minutes (the rest: a rerun)")  # fmt: skip
     parser.add_argument("--variants", help=f"comma-separated subset of {sorted(VARIANTS['cup'])}")
-    parser.add_argument("--shard", help="I/N: run every N-th cell from the I-th (0-based), "
-                        "for N processes side by side sharing the cells file")  # fmt: skip
+    parser.add_argument("--shard", help="I/N: run the cells of every N-th dataset from the I-th "
+                        "(0-based), for N processes side by side sharing the cells file")  # fmt: skip
     parser.add_argument("--report", action="store_true", help="only rebuild the page")
     parser.add_argument("--keep-runs", action="store_true", help="keep the run directories")
     parser.add_argument(
@@ -703,9 +703,11 @@ def main(argv: list[str] | None = None) -> int:
             assert 0 <= index < count
         except (ValueError, AssertionError):
             parser.error(f"--shard wants I/N with 0 <= I < N, got {args.shard!r}")
-        # Over the whole plan (not what is left), so a shard's cells stay its own.
-        mine = {cell_key(size_name, *p) for p in plan[index::count]}
-        todo = [p for p in todo if cell_key(size_name, *p) in mine]
+        # By dataset (task, variant), over the whole plan (not what is left): a shard's cells
+        # stay its own, and no two shards collect the same demonstrations.
+        datasets = list(dict.fromkeys((p[0].key, p[1]) for p in plan))
+        mine = set(datasets[index::count])
+        todo = [p for p in todo if (p[0].key, p[1]) in mine]
     done = sum(cell_key(size_name, *p) in cache.cells for p in plan)
     log(f"{NAME} ({size_name}): {done} of {len(plan)} cells done, {len(todo)} to run now")
     from dpjax.errors import MissingExtraError
