@@ -572,6 +572,8 @@ def markdown(data: dict) -> str:
 
 
 def plot(data: dict, path: Path) -> Path:
+    """Success per task and variant: BC and diffusion at each demonstration count (bars with
+    95% intervals), the seed's numbers as diamonds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -579,45 +581,49 @@ def plot(data: dict, path: Path) -> Path:
     import numpy as np
 
     variants = ("single", "multimodal", "mixed")
-    demos = max(data["size_config"]["demos"])
+    sizes = sorted(data["size_config"]["demos"], reverse=True)
     rows = [r for r in data["rows"] if not r["image"]]
     labels = list(dict.fromkeys(r["label"] for r in rows))
-    fig, axes = plt.subplots(len(variants), 1, figsize=(12, 8), sharex=True)
-    colors = {"bc": "tab:gray", "diffusion": "tab:blue"}
+    fig, axes = plt.subplots(len(variants), 1, figsize=(13, 8.5), sharex=True)
+    colors = {("bc", 0): "dimgray", ("diffusion", 0): "tab:blue",
+              ("bc", 1): "silver", ("diffusion", 1): "lightskyblue"}  # fmt: skip
+    bars = [(kind, n, k) for k, n in enumerate(sizes) for kind in KINDS]
+    width = 0.8 / len(bars)
     x = np.arange(len(labels))
+    handles = {}
     for ax, variant in zip(axes, variants, strict=True):
-        labelled = set()
-        for j, kind in enumerate(KINDS):
+        for b, (kind, n, k) in enumerate(bars):
+            offset = (b - (len(bars) - 1) / 2) * width
             for i, label in enumerate(labels):
                 r = next((r for r in rows if r["label"] == label and r["variant"] == variant), None)
-                a = r and r["cells"].get(f"{demos}|{kind}")
+                a = r and r["cells"].get(f"{n}|{kind}")
                 if not a:
                     continue
                 lo, hi = a["ci95"]
-                rate, offset = a["success_rate"], (j - 0.5) * 0.38
-                ax.bar(x[i] + offset, 100 * rate, 0.36, color=colors[kind],
-                       yerr=[[100 * (rate - lo)], [100 * (hi - rate)]], capsize=2,
-                       label=None if kind in labelled else kind)  # fmt: skip
-                labelled.add(kind)
-                seed = SEED_TABLE.get(r["seed_row"]) if r["seed_row"] else None
+                rate = a["success_rate"]
+                handles[f"{kind}, {n} demos"] = ax.bar(
+                    x[i] + offset, 100 * rate, width * 0.95, color=colors[(kind, min(k, 1))],
+                    yerr=[[100 * (rate - lo)], [100 * (hi - rate)]], capsize=1.5,
+                )  # fmt: skip
+                seed = SEED_TABLE.get(r["seed_row"]) if r["seed_row"] and k == 0 else None
                 if seed:
-                    name = f"seed's {kind}"
-                    ax.plot(x[i] + offset, seed[j], "D", color="black", ms=6,
-                            mfc="gold" if kind == "diffusion" else "white",
-                            label=None if name in labelled else name)  # fmt: skip
-                    labelled.add(name)
+                    handles[f"seed's {kind}"] = ax.plot(
+                        x[i] + offset, seed[KINDS.index(kind)], "D", color="black", ms=5,
+                        mfc="gold" if kind == "diffusion" else "white",
+                    )[0]  # fmt: skip
         ax.set_ylabel(f"{variant}\nsuccess (%)")
         ax.set_ylim(0, 105)
-    for ax in axes:
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="lower left", ncol=4)
-    axes[-1].set_xticks(x, [label.replace(" (", "\n(") for label in labels], fontsize=7,
-                        rotation=30, ha="right")  # fmt: skip
-    axes[0].set_title(
-        f"BC vs diffusion at {demos} demonstrations ({data['cells_done']}/{data['cells_total']} "
-        "cells); bars: 95% Wilson CI; diamonds: the seed's numbers"
-    )
-    return common.save_figure(fig, path)
+    axes[-1].set_xticks(x, [label.replace(" (", "\n(") for label in labels], fontsize=7)
+    fig.legend(handles.values(), handles.keys(), loc="upper center", ncol=6, fontsize=8,
+               bbox_to_anchor=(0.5, 0.955))  # fmt: skip
+    fig.suptitle(
+        f"BC vs diffusion ({data['cells_done']}/{data['cells_total']} cells finished); bars: "
+        "95% Wilson intervals; diamonds: the seed's numbers", fontsize=10,
+    )  # fmt: skip
+    fig.tight_layout(rect=(0, 0, 1, 0.93))  # room for the legend above the panels
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def build(cells, size_name, size, tasks, argv, elapsed) -> dict[str, Any]:
