@@ -84,8 +84,15 @@ def test_cells_run_once_a_rerun_continues_and_the_verdicts_follow_them(tmp_path,
     assert "(single demonstrations, 16 each): refuted" in by_variant["single"]
     assert "(multimodal demonstrations, 16 each): confirmed" in by_variant["multimodal"]
     assert "intervals overlap" in by_variant["mixed"]
-    assert "demonstrations are multimodal: confirmed" in page
-    assert "human motion varies: refuted" in page
+    assert (
+        "because demonstrations are multimodal (16 demonstrations; by more than 10 points counts): confirmed"
+        in page
+    )
+    assert (
+        "because human motion varies (8 demonstrations; by more than 10 points counts): refuted"
+        in page
+    )
+    assert "(multimodal demonstrations, 8 each): confirmed" in page
     assert "| drawer-open (multimodal) | 16, 8 | 30% (22%-40%) | 90% (83%-94%) |" in page
     assert "1.00/0.00/0.00 / 1.00/0.00/0.00 (expert 0.34/0.33/0.33)" in page
 
