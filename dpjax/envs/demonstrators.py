@@ -87,6 +87,14 @@ def draw(probs: Sequence[float], seed: int, stream: int) -> int:
     return int(min(np.searchsorted(np.cumsum(probs), u * sum(probs), side="right"), len(probs) - 1))
 
 
+def draw_strategy(
+    strategies: Sequence[float] | None, names: Sequence[str], seed: int
+) -> str | None:
+    """The strategy (a name in `names`) of episode `seed` drawn with `strategies`
+    (probabilities over `names`); None where no strategies are asked for."""
+    return None if strategies is None else names[draw(strategies, seed, STRATEGY_STREAM)]
+
+
 def draw_quality(quality_mix: Sequence[float], seed: int) -> str:
     """The demonstrator quality (a name in QUALITIES) of episode `seed`."""
     return QUALITIES[draw(quality_mix, seed, QUALITY_STREAM)]
@@ -133,8 +141,7 @@ class MixedQualityExpert:
         if quality not in QUALITIES:
             raise ConfigError(f"unknown demonstrator quality {quality!r}; valid: {QUALITIES}")
         self.expert, self.quality, self.hold, self.clip = expert, quality, hold, clip
-        rng = np.random.default_rng((int(seed), QUALITY_STREAM, 1))
-        self._rng = rng
+        self._rng = rng = np.random.default_rng((int(seed), QUALITY_STREAM, 1))
         self._noise_std = noise_std if quality == "noisy" else 0.0
         start = int(rng.integers(0, max(hesitate_within, 1))) if quality == "hesitant" else -1
         self._pause = range(start, start + hesitation_steps) if start >= 0 else range(0)

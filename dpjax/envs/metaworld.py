@@ -263,13 +263,9 @@ def make_expert(env: MetaWorldEnv, seed: int) -> Callable[[dict], np.ndarray]:
     policy = policies[config.env_name]()
     rng = np.random.default_rng(seed)
     noise = config.action_noise
-    strategy = (
-        STRATEGIES[demonstrators.draw(config.strategies, seed, demonstrators.STRATEGY_STREAM)]
-        if config.strategies is not None
-        else "direct"
-    )
+    strategy = demonstrators.draw_strategy(config.strategies, STRATEGIES, seed)
     quality = demonstrators.draw_quality(config.quality_mix, seed)
-    via = None if strategy == "direct" else env.via_points[STRATEGIES.index(strategy) - 1]
+    via = None if strategy in (None, "direct") else env.via_points[STRATEGIES.index(strategy) - 1]
 
     def expert(obs: dict) -> np.ndarray:
         nonlocal via
@@ -293,10 +289,9 @@ def make_expert(env: MetaWorldEnv, seed: int) -> Callable[[dict], np.ndarray]:
             hesitate_within=HESITATE_WITHIN, slow_every=SLOW_EVERY,
             slow_while=lambda last: last[3] <= SLOW_UNTIL_GRIP, clip=(-1.0, 1.0),
         )  # fmt: skip
-    if config.strategies is not None:
-        expert.strategy = strategy
-    if config.quality_mix != demonstrators.PROFICIENT:
         expert.quality = quality
+    if strategy is not None:
+        expert.strategy = strategy
     return expert
 
 

@@ -424,11 +424,7 @@ def make_expert(
     """The expert of episode `seed` on `env` (a `pusht.PushTEnv`): its strategy drawn with
     `strategies` (probabilities over STRATEGIES; None: free planning), its demonstrator with
     `quality_mix`; named in the returned expert's `strategy` / `quality` where asked for."""
-    strategy = (
-        STRATEGIES[demonstrators.draw(strategies, seed, demonstrators.STRATEGY_STREAM)]
-        if strategies is not None
-        else None
-    )
+    strategy = demonstrators.draw_strategy(strategies, STRATEGIES, seed)
     quality = demonstrators.draw_quality(quality_mix, seed)
     if quality == "slow":
         for name, default in (("max_step_px", 12.0), ("push_step_px", 8.0)):

@@ -74,7 +74,7 @@ def multimodal_task(
     max_episode_steps: int = 100,
     mode_probs: tuple[float, float, float] = multimodal.MODE_PROBS,
     goal_conditioned: bool = False,
-    quality_mix: tuple[float, float, float, float] = (1.0, 0.0, 0.0, 0.0),
+    quality_mix: tuple[float, float, float, float] = demonstrators.PROFICIENT,
 ) -> Task:
     """The "multimodal" task; options are `MultimodalConfig` fields (`quality_mix`: mixed-
     quality demonstrators, proficient / slow / hesitant / noisy, `demonstrators.QUALITIES`)."""
