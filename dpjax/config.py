@@ -109,6 +109,10 @@ class PolicyConfig:
     # sets one of its sizes) or a BC policy's head.
     denoiser: DenoiserConfig = UNet1DConfig()
     bc_head: BCHeadConfig = BCHeadConfig()
+    # K > 1: a one-step student's mode gate (`dpjax.nets.NoiseGate`): the initial noise and
+    # the observation pick one of K learned codes added to the conditioning before sampling.
+    # Trained by distillation only (`dpjax distill RUN --method consistency --gate-modes K`).
+    gate_modes: int = 1
     dtype: str = "float32"
     # Matmul precision of the networks (dpjax.nets.precision): "float32", "bfloat16-matmul"
     # (bfloat16 operands, float32 parameters, accumulation and everything else) or "auto"
@@ -161,6 +165,12 @@ class PolicyConfig:
         if self.kind == "diffusion" and k != 1:
             raise ConfigError("bc_head.num_hypotheses is a setting of the BC head (kind='bc'); "
                               "a diffusion policy draws its modes from noise")  # fmt: skip
+        g = self.gate_modes
+        if not (isinstance(g, int) and g >= 1):
+            raise ConfigError(f"gate_modes must be an integer >= 1, got {g!r}")
+        if self.kind != "diffusion" and g != 1:
+            raise ConfigError("gate_modes is a setting of a diffusion student (kind='diffusion'); "
+                              "a BC head's modes are bc_head.num_hypotheses")  # fmt: skip
         if isinstance(self.denoiser, str):
             if self.denoiser not in DENOISER_CONFIGS:
                 raise unknown_name("denoiser", self.denoiser, DENOISER_CONFIGS)

@@ -151,6 +151,12 @@ def regression_loss(prediction: jnp.ndarray, target: jnp.ndarray):
 HYPOTHESIS_RELAXATION = 0.05
 
 
+def hypothesis_errors(chunks, target) -> jnp.ndarray:
+    """(B, K) mean squared error of each of K candidate chunks (B, K, H, A) against the target
+    chunks (B, H, A); its argmin over K is the winner of `multi_hypothesis_loss`."""
+    return jnp.mean((chunks.astype(jnp.float32) - target[:, None]) ** 2, axis=(2, 3))
+
+
 def multi_hypothesis_loss(chunks, logits, target, relaxation: float = HYPOTHESIS_RELAXATION):
     """K candidate chunks (B, K, H, A) and their logits (B, K) against target chunks (B, H, A):
     relaxed winner-takes-all (Rupprecht et al. 2017's multiple-hypothesis prediction) - the
@@ -162,7 +168,7 @@ def multi_hypothesis_loss(chunks, logits, target, relaxation: float = HYPOTHESIS
     num = chunks.shape[1]
     if num == 1:
         return regression_loss(chunks[:, 0], target)
-    errors = jnp.mean((chunks - target[:, None]) ** 2, axis=(2, 3))  # (B, K)
+    errors = hypothesis_errors(chunks, target)
     winner = jnp.argmin(errors, axis=1)
     one_hot = jax.nn.one_hot(winner, num)
     weights = one_hot * (1 - relaxation) + (1 - one_hot) * relaxation / (num - 1)

@@ -14,9 +14,10 @@ import optax
 import pytest
 
 from dpjax import cli, oracles, samplers, schedules
-from dpjax.distill.students import consistency_regression
+from dpjax.distill.students import consistency_regression, gate_fit
 from dpjax.envs.collect import collect_demos
 from dpjax.errors import ConfigError, DpjaxError
+from dpjax.nets import NoiseGate
 from dpjax.policy import load_policy
 from dpjax.policy.fallback import FallbackPolicy
 
@@ -83,6 +84,94 @@ def test_consistency_student_draws_the_teachers_modes_in_one_step():
     assert float(np.median(spread)) < 0.4, float(np.median(spread))
 
 
+class CodedStudent(nn.Module):
+    """(x_t (B, 2), t (B,), code (B, 8)) -> x_0 estimate (B, 2): the code shifts layer one."""
+
+    @nn.compact
+    def __call__(self, x, t, cond):
+        h = jnp.concatenate([x, (t[:, None].astype(jnp.float32) / 100.0)], -1)
+        h = nn.Dense(128)(h) + nn.Dense(128)(cond)
+        for width in (128, 128):
+            h = nn.Dense(width)(nn.silu(h))
+        return nn.Dense(2)(nn.silu(h))
+
+
+def _one_step_student(num_modes: int, mixture, steps: int = 800):
+    """A consistency student of the exact cup-mixture teacher (DDIM 12) with a mode gate of
+    `num_modes` codes (1: none, as `consistency_loss` trains it); (its one-call samples,
+    the teacher's) from the same 4000 noises."""
+    schedule = schedules.make_schedule("squaredcos_cap_v2", 100)
+    teacher = oracles.oracle_denoiser(mixture, schedule)
+    options = samplers.SamplerOptions(sampler="ddim", num_inference_steps=12)
+    student, gate = CodedStudent(), NoiseGate(num_modes, 1, 2, code_dim=8)
+    zeros = lambda b: jnp.zeros((b, 8))
+    params = {
+        "student": student.init(jax.random.key(0), jnp.zeros((1, 2)), jnp.zeros((1,)), zeros(1)),
+        "gate": gate.init(jax.random.key(3), jnp.zeros((1, 1, 2)), zeros(1)),
+    }
+    optimizer = optax.adam(optax.cosine_decay_schedule(3e-3, steps))
+
+    def coded(p, x_T, mode=None):
+        """The conditioning (B, 8) of noises x_T (B, 2): zeros plus the picked mode's code."""
+        cond = zeros(x_T.shape[0])
+        if num_modes == 1:
+            return cond
+        if mode is None:
+            logits = gate.apply(p["gate"], x_T[:, None], cond, method=NoiseGate.logits)
+            mode = jnp.argmax(logits, -1)
+        return gate.apply(p["gate"], cond, mode, method=NoiseGate.condition)
+
+    @jax.jit
+    def step(carry, key):
+        params, opt_state = carry
+        key_noise, key_pick = jax.random.split(key)
+        x_T = jax.random.normal(key_noise, (256, 2))
+        x0, inputs, ts = samplers.sample_trajectory(teacher, x_T, schedule, options)
+
+        def loss_fn(p):
+            gate_loss, mode = 0.0, None
+            if num_modes > 1:
+                g = lambda method, *args: gate.apply(p["gate"], *args, method=method)
+                mode, gate_loss, _ = gate_fit(g(NoiseGate.centroids, zeros(256)),
+                                              g(NoiseGate.logits, x_T[:, None], zeros(256)),
+                                              x0[:, None])  # fmt: skip
+            cond = coded(p, x_T, mode)
+            estimate = lambda x, t: student.apply(p["student"], x, t, cond)
+            return consistency_regression(estimate, x0, inputs, ts, key_pick)[0] + gate_loss
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = optimizer.update(grads, opt_state)
+        return (optax.apply_updates(params, updates), opt_state), loss
+
+    keys = jax.random.split(jax.random.key(1), steps)
+    (params, _), _ = jax.lax.scan(step, (params, optimizer.init(params)), keys)
+    x_T = jax.random.normal(jax.random.key(2), (4000, 2))
+    one_call = student.apply(params["student"], x_T, jnp.full((4000,), 99), coded(params, x_T))
+    return one_call, samplers.sample_with_options(teacher, x_T, schedule, options)
+
+
+def test_a_mode_gate_keeps_one_step_samples_on_the_modes():
+    """Narrow modes (std 0.1, 2 apart): a smooth one-step map from noise onto them must cross
+    the gaps between them, so the ungated student puts several percent of its samples more
+    than 3 std from every mode; with a gate of 4 codes (one spare) the jump is the gate's
+    argmax and the student is off the modes no more often than the exact teacher is, at the
+    teacher's mode frequencies."""
+    mixture = oracles.cup_mixture(std=0.1)
+
+    def off_mode(x):
+        distance = np.linalg.norm(x - mixture.means[oracles.assign_modes(mixture, x)], axis=-1)
+        return float(np.mean(distance > 0.3))
+
+    plain, reference = _one_step_student(1, mixture)
+    gated, _ = _one_step_student(4, mixture)
+    teacher_freqs = oracles.mode_frequencies(mixture, reference)
+    assert off_mode(reference) < 0.005
+    assert off_mode(plain) > 0.03, off_mode(plain)
+    assert off_mode(gated) < 0.01, off_mode(gated)
+    error = np.abs(oracles.mode_frequencies(mixture, gated) - teacher_freqs).max()
+    assert error < 0.03, (error, oracles.mode_frequencies(mixture, gated))
+
+
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     root = tmp_path_factory.mktemp("distill")
@@ -123,6 +212,59 @@ def test_dpjax_distill_rejects_bad_teachers_and_options(teacher, tmp_path, capsy
                      "--hidden-dims", "wide"]) == 2  # fmt: skip
     assert "--hidden-dims" in capsys.readouterr().err
     assert not (tmp_path / "y").exists() or not (tmp_path / "y" / "checkpoints").exists()
+
+
+def test_dpjax_distill_with_a_mode_gate(teacher, tmp_path, capsys):
+    """`--gate-modes K`: the student loads and evaluates with its gate; it starts as its
+    teacher's network (zero codes: the gate's pick changes nothing) and afterwards each
+    chunk is sampled with the code the gate picks from its noise."""
+    from dpjax.data import load_dataset
+    from dpjax.distill.students import starting_params, student_config
+    from dpjax.policy.loading import build_policy, load_run_config
+    from dpjax.policy.policies import PolicyNetwork
+
+    out = tmp_path / "cd_gate"
+    assert cli.main(["distill", str(teacher), "--method", "consistency", "--out", str(out),
+                     "--steps", "3", "--teacher-steps", "4", "--gate-modes", "3"]) == 0  # fmt: skip
+    student, params, meta = load_policy(out)
+    assert student.config.gate_modes == 3 and meta["distillation"]["gate_modes"] == 3
+    assert params["params"]["noise_gate"]["codes"].shape[0] == 3
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 <= m["gate_accuracy"] <= 1 and m["gate_cross_entropy"] > 0 for m in metrics)
+    assert cli.main(["eval", str(out), "--episodes", "2"]) == 0
+
+    config = student_config(load_run_config(teacher), "consistency", num_steps=1, gate_modes=3)
+    gated, _, _ = build_policy(config, load_dataset(config.dataset))
+    plain, _, _ = build_policy(student_config(load_run_config(teacher), "consistency",
+                                              num_steps=1), load_dataset(config.dataset))  # fmt: skip
+    _, teacher_params, _ = load_policy(teacher)
+    start = starting_params(gated, teacher_params, jax.random.key(0))
+    obs, key = _observation(gated, batch=8), jax.random.key(1)
+    options = gated.config.sampler_options()
+    np.testing.assert_allclose(gated.predict_action_chunk(start, obs, key, options),
+                               plain.predict_action_chunk(teacher_params, obs, key, options),
+                               atol=1e-5)  # fmt: skip
+    codes = 3.0 * jax.random.normal(jax.random.key(2), (3, gated.network.cond_dim))
+    start["params"]["noise_gate"]["codes"] = codes
+    cond = gated._encode(start, obs, False)
+    x_T = jax.random.normal(jax.random.key(3), (8, config.policy.pred_horizon, 2))
+    logits = gated.apply(start, x_T, cond, method=PolicyNetwork.mode_logits)
+    np.testing.assert_allclose(gated.gated(start, x_T, cond),
+                               cond + codes[jnp.argmax(logits, -1)], rtol=1e-6)  # fmt: skip
+    moved = gated.predict_action_chunk(start, obs, key, options)
+    assert float(jnp.abs(moved - plain.predict_action_chunk(teacher_params, obs, key,
+                                                            options)).max()) > 1e-3  # fmt: skip
+
+    for bad, message in ((["--gate-modes", "0"], "gate_modes must be an integer >= 1"),
+                         (["--method", "bc", "--gate-modes", "2"], "takes none")):  # fmt: skip
+        args = ["distill", str(teacher), "--method", "consistency", "--out",
+                str(tmp_path / "bad"), "--steps", "1", *bad]  # fmt: skip
+        if "bc" in bad:
+            args.remove("consistency"), args.remove("--method")
+        assert cli.main(args) == 2
+        assert message in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="distillation only"):
+        tiny_run(load_run_config(teacher).dataset, tmp_path / "gated_run", "policy.gate_modes=2")
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,10 @@ Trains a student of a trained diffusion (or flow matching) policy into a run dir
                --mode-seeking W adds score distillation's pull of the one-step chunk
                toward the teacher's modes (re-noised to t <= --mode-seeking-max-time);
                it picks a mode where the regression blurs between them.
+               --gate-modes K adds a mode gate: the noise x_T and the observation pick
+               one of K learned codes of the conditioning, so that the student's map
+               from noise to chunk can jump between the teacher's modes instead of
+               blurring across their boundaries (`dpjax.nets.NoiseGate`).
   bc           one forward pass: a regression head fitting the teacher's sampled chunks;
                the backup of a FallbackPolicy (`dpjax serve --fallback STUDENT_RUN`).
                --set policy.bc_head.num_hypotheses=K: K candidate chunks and a categorical over
@@ -48,6 +52,8 @@ def register(subparsers) -> None:
     parser.add_argument("--mode-seeking-max-time", type=float, metavar="F",
                         help="consistency: the pull re-noises to times up to F * T "
                         "(default 0.2)")  # fmt: skip
+    parser.add_argument("--gate-modes", type=int, default=1, metavar="K",
+                        help="consistency: a mode gate with K codes (e.g. 4; default 1: none)")  # fmt: skip
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a field of the student's config (repeatable)")  # fmt: skip
     parser.add_argument("--resume", action="store_true", help="continue the student in --out")
@@ -80,8 +86,8 @@ def run(args) -> int:
     summary = distill(
         args.teacher, args.method, args.out, num_steps=args.steps,
         teacher_sampler=args.teacher_sampler, teacher_steps=args.teacher_steps,
-        hidden_dims=hidden, mode_seeking=mode_seeking, overrides=tuple(args.set), resume=args.resume,
-        overwrite=args.overwrite,
+        hidden_dims=hidden, mode_seeking=mode_seeking, gate_modes=args.gate_modes,
+        overrides=tuple(args.set), resume=args.resume, overwrite=args.overwrite,
     )  # fmt: skip
     out = Path(args.out)
     print(

@@ -11,7 +11,10 @@ consistency: a 1-3 step diffusion student. The student learns the teacher's cons
     too expensive, which for action chunks it is not). The student is the teacher's network,
     initialized from the teacher, predicting the clean chunk (VP: prediction_type="sample",
     sampled with DDIM at 1 step; flow teacher: a flow student whose velocity is
-    (x_s - endpoint) / s, sampled with flow_euler at 1 step).
+    (x_s - endpoint) / s, sampled with flow_euler at 1 step). With gate_modes K > 1 the
+    student has a mode gate (`dpjax.nets.NoiseGate`, `gate_fit`): x_T and the observation
+    pick one of K codes of the conditioning, so the one-step map can jump between the
+    teacher's modes where one smooth network would blur across their boundaries.
 bc: a regression (BC) student fitting the teacher's sampled chunks (its default sampler) on
     the dataset's observations: one forward pass, the seed's "train small BC from diffusion",
     and the backup of `dpjax.policy.fallback.FallbackPolicy`. With policy.bc_head.num_hypotheses=K
@@ -28,10 +31,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from dpjax import samplers
+from dpjax import losses, samplers
 from dpjax.config import TrainConfig
 from dpjax.errors import ConfigError, unknown_name
 from dpjax.policy.loading import load_policy, load_run_config
+from dpjax.policy.policies import PolicyNetwork
 
 DISTILL_METHODS: tuple[str, ...] = ("consistency", "bc")
 # The teacher's grid: 12 trailing steps over T = 100 visit 99, 66, 49, 32 and 24, the first
@@ -45,9 +49,13 @@ def student_config(
     *,
     num_steps: int,
     hidden_dims: tuple[int, ...] | None = None,
+    gate_modes: int = 1,
 ) -> TrainConfig:
     """The student's TrainConfig: the teacher's data, horizons and observation keys."""
     tp = teacher.policy
+    if gate_modes != 1 and method != "consistency":
+        raise ConfigError(f"a mode gate is part of a consistency student; --method {method} "
+                          "takes none (a BC student's modes: policy.bc_head.num_hypotheses)")  # fmt: skip
     if method == "consistency":
         if tp.objective == "flow_matching":
             policy = dataclasses.replace(tp, sampler="flow_euler", num_inference_steps=1)
@@ -57,6 +65,7 @@ def student_config(
                 timestep_spacing="trailing", eta=0.0, loss_weighting="none",
                 clip_sample=tp.clip_sample if tp.clip_sample is not None else 1.0,
             )  # fmt: skip
+        policy = dataclasses.replace(policy, gate_modes=gate_modes)
     elif method == "bc":
         head = dataclasses.replace(tp.bc_head, hidden_dims=hidden_dims or (256, 256))
         policy = dataclasses.replace(tp, kind="bc", bc_head=head)
@@ -93,8 +102,8 @@ def _teacher_sample(teacher, teacher_params, cond, key, options, sample_fn):
     c = teacher.config
     key_noise, key_sampler = jax.random.split(key)
     x_T = jax.random.normal(key_noise, (cond.shape[0], c.pred_horizon, c.action_dim))
-    out = sample_fn(teacher.denoiser(teacher_params, cond), x_T, teacher.schedule, options,
-                    key_sampler)  # fmt: skip
+    denoise = teacher.denoiser(teacher_params, teacher.gated(teacher_params, x_T, cond))
+    out = sample_fn(denoise, x_T, teacher.schedule, options, key_sampler)
     return jax.tree.map(jax.lax.stop_gradient, out)
 
 
@@ -114,6 +123,15 @@ def consistency_loss(student, teacher, options, mode_seeking: ModeSeeking | None
             samplers.sample_trajectory,
         )  # fmt: skip
         cond = student._encode(params, batch["observation"], True, key_aug)
+        gate_loss, gate_metrics = 0.0, {}
+        if sc.gate_modes > 1:
+            x_T = inputs[0]
+            mode, gate_loss, gate_metrics = gate_fit(
+                student.apply(params, cond, method=PolicyNetwork.mode_centroids),
+                student.apply(params, x_T, cond, method=PolicyNetwork.mode_logits),
+                x0,
+            )
+            cond = student.gated(params, x_T, cond, mode)
         denoise = student.denoiser(params, cond)
 
         def estimate(x_t, t):
@@ -136,9 +154,27 @@ def consistency_loss(student, teacher, options, mode_seeking: ModeSeeking | None
                 sample, teacher_clean, renoise, key_pull, tc.num_train_timesteps,
                 continuous=teacher_process == "flow",
             )  # fmt: skip
-        return consistency_regression(estimate, x0, inputs, ts, key_pick, pull)
+        loss, metrics = consistency_regression(estimate, x0, inputs, ts, key_pick, pull)
+        loss = loss + gate_loss
+        return loss, {**metrics, **gate_metrics, "loss": loss}
 
     return loss
+
+
+def gate_fit(centroids, logits, x0):
+    """A mode gate (`dpjax.nets.NoiseGate`) against the teacher's chunks x0 (B, H, A): its
+    centroids (B, K, H, A) fit x0 by relaxed winner-takes-all and its logits (B, K), read from
+    the noise x0 was sampled from, learn each chunk's winner (`losses.multi_hypothesis_loss`).
+    Returns (winner (B,), the gate's loss, its metrics): the student then regresses each
+    chunk with its winner's code, so that no code's map spans two modes."""
+    gate_loss, fit = losses.multi_hypothesis_loss(centroids, logits, x0)
+    mode = jnp.argmin(losses.hypothesis_errors(centroids, x0), axis=1)
+    metrics = {
+        "gate_cross_entropy": fit["cross_entropy"],
+        "gate_accuracy": jnp.mean(jnp.argmax(logits, axis=-1) == mode),
+        "centroid_mse": fit["mse"],
+    }
+    return mode, gate_loss, metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,6 +250,19 @@ def bc_loss(student, teacher, options):
     return loss
 
 
+def starting_params(student, teacher_params, key: jax.Array):
+    """A consistency student's first parameters: its teacher's, plus a fresh mode gate where
+    the student has one and the teacher not. The shared modules must have the teacher's
+    shapes (the student is the teacher's network)."""
+    fresh = student.init(key)
+    shared = teacher_params["params"]
+    mismatch = [name for name in shared if name not in fresh["params"] or
+                jax.tree.structure(shared[name]) != jax.tree.structure(fresh["params"][name])]  # fmt: skip
+    if mismatch:
+        raise ConfigError(f"the student's network differs from its teacher's in {mismatch}")
+    return {**fresh, **teacher_params, "params": {**fresh["params"], **shared}}
+
+
 def distill(
     teacher_run: str | Path,
     method: str,
@@ -224,6 +273,7 @@ def distill(
     teacher_steps: int | None = None,
     hidden_dims: tuple[int, ...] | None = None,
     mode_seeking: ModeSeeking | None = None,
+    gate_modes: int = 1,
     overrides: tuple[str, ...] = (),
     resume: bool = False,
     overwrite: bool = False,
@@ -244,7 +294,8 @@ def distill(
     teacher_config = load_run_config(Path(teacher_run))
     if num_steps is None:
         num_steps = teacher_config.num_steps // (2 if method == "consistency" else 3)
-    config = student_config(teacher_config, method, num_steps=num_steps, hidden_dims=hidden_dims)
+    config = student_config(teacher_config, method, num_steps=num_steps, hidden_dims=hidden_dims,
+                            gate_modes=gate_modes)  # fmt: skip
     config = apply_overrides(config, overrides)
     config.policy.validate()
     options = teacher_options(teacher, method, teacher_sampler, teacher_steps)
@@ -264,9 +315,13 @@ def distill(
     objective = Objective(
         loss=loss,
         frozen=teacher_params,
-        # A consistency student starts as its teacher (same network); BC from scratch.
-        init_params=teacher_params if method == "consistency" else None,
-    )
+        # A consistency student starts as its teacher (same network; a mode gate fresh
+        # beside it); BC from scratch.
+        init_params=(
+            starting_params(student, teacher_params, jax.random.key(config.seed))
+            if method == "consistency" else None
+        ),
+    )  # fmt: skip
     record = {
         "teacher_run_dir": str(Path(teacher_run).resolve()),
         "teacher_step": teacher_meta["step"],
@@ -274,6 +329,7 @@ def distill(
         "sampler": options.sampler,
         "num_inference_steps": options.num_inference_steps,
         "mode_seeking": dataclasses.asdict(mode_seeking) if mode_seeking else None,
+        "gate_modes": config.policy.gate_modes,
         "denoiser_evaluations_per_chunk": samplers.num_denoiser_evaluations(
             options.sampler, options.num_inference_steps, teacher.config.num_train_timesteps
         ),

@@ -23,7 +23,7 @@ from dpjax.nets.encoders import (
     conditioning_shape,
     random_crop,
 )
-from dpjax.nets.heads import BCHead
+from dpjax.nets.heads import BCHead, NoiseGate
 from dpjax.nets.mlp import MLPDenoiser
 from dpjax.nets.transformer import TransformerDenoiser
 from dpjax.nets.unet1d import ConditionalUnet1D
@@ -62,6 +62,7 @@ __all__ = [
     "Downsample1D",
     "MLPDenoiser",
     "MLPEncoder",
+    "NoiseGate",
     "ObservationEncoder",
     "ResNet18",
     "SmallCNN",

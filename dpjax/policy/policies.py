@@ -27,7 +27,7 @@ from dpjax.config import DTYPES, POLICY_KINDS, PolicyConfig, TransformerConfig, 
 from dpjax.data import Normalizer
 from dpjax.data.features import ArraySpec
 from dpjax.errors import ConfigError, DataError, ShapeError, unknown_name
-from dpjax.nets import BCHead, ObservationEncoder, make_denoiser
+from dpjax.nets import BCHead, NoiseGate, ObservationEncoder, make_denoiser
 from dpjax.nets.precision import with_precision
 
 Observation = Mapping[str, jnp.ndarray]  # {key: (B, obs_horizon, *shape)}
@@ -68,6 +68,10 @@ class PolicyNetwork(nn.Module):
         self.encoder = _build_encoder(self.config)
         if self.config.kind == "diffusion":
             self.denoiser = _build_denoiser(self.config, self.cond_dim)
+            if self.config.gate_modes > 1:
+                c = self.config
+                self.noise_gate = NoiseGate(c.gate_modes, c.pred_horizon, c.action_dim,
+                                            self.cond_dim)  # fmt: skip
         else:
             head = self.config.bc_head
             self.head = BCHead(
@@ -84,6 +88,17 @@ class PolicyNetwork(nn.Module):
     def denoise(self, noisy_actions, timestep, cond) -> jnp.ndarray:
         return self.denoiser(noisy_actions, timestep, cond)
 
+    def mode_logits(self, x_T, cond) -> jnp.ndarray:
+        """(B, K) the gate's logits for samplers starting at x_T (config.gate_modes K > 1)."""
+        return self.noise_gate.logits(x_T, cond)
+
+    def mode_centroids(self, cond) -> jnp.ndarray:
+        """(B, K, H, A): the chunks that define, in training, which mode a chunk is in."""
+        return self.noise_gate.centroids(cond)
+
+    def condition_on_mode(self, cond, mode) -> jnp.ndarray:
+        return self.noise_gate.condition(cond, mode)
+
     def regress(self, cond) -> tuple[jnp.ndarray, jnp.ndarray]:
         """(chunks (B, K, H, A), logits (B, K)), K = config.bc_head.num_hypotheses."""
         return self.head(cond)
@@ -91,6 +106,8 @@ class PolicyNetwork(nn.Module):
     def __call__(self, observation: Observation, noisy_actions, timestep):
         cond = self.encode(observation)
         if self.config.kind == "diffusion":
+            if self.config.gate_modes > 1:
+                _, _, cond = self.noise_gate(noisy_actions, cond)
             return self.denoise(noisy_actions, timestep, cond)
         return self.regress(cond)
 
@@ -277,6 +294,12 @@ class DiffusionPolicy(Policy):
         validation losses of runs with different objectives compare (`validation_loss`).
         """
         c = self.config
+        if c.gate_modes > 1:
+            raise ConfigError(
+                f"gate_modes={c.gate_modes}: a mode gate learns a teacher's noise -> chunk map "
+                "and trains by distillation only (dpjax distill RUN --method consistency "
+                "--gate-modes K)"
+            )
         key_aug, key_loss = jax.random.split(key)
         cond = self._encode(params, batch["observation"], True, key_aug)
         x0 = self.normalizer.normalize("action", batch["action"])
@@ -305,6 +328,17 @@ class DiffusionPolicy(Policy):
         what the samplers and losses call."""
         return lambda x_t, t: self.apply(params, x_t, t, cond, method=PolicyNetwork.denoise)
 
+    def gated(self, params, x_T, cond, mode=None):
+        """The conditioning of a reverse process that starts at x_T (B, H, A): `cond` itself,
+        or with config.gate_modes K > 1 `cond` plus the code of `mode` (B,) (default: the
+        gate's pick for x_T). Called once per chunk, before the sampler's scan."""
+        if self.config.gate_modes == 1:
+            return cond
+        if mode is None:
+            logits = self.apply(params, x_T, cond, method=PolicyNetwork.mode_logits)
+            mode = jnp.argmax(logits, axis=-1)
+        return self.apply(params, cond, mode, method=PolicyNetwork.condition_on_mode)
+
     def predict_action_chunk(
         self, params, observation, key, options: samplers.SamplerOptions, guide=None,
         max_guidance: float = 5.0,
@@ -319,7 +353,7 @@ class DiffusionPolicy(Policy):
         batch = cond.shape[0]
         key_noise, key_sampler = jax.random.split(key)
         x_T = jax.random.normal(key_noise, (batch, c.pred_horizon, c.action_dim))
-        denoise = self.denoiser(params, cond)
+        denoise = self.denoiser(params, self.gated(params, x_T, cond))
         if guide is not None:
             target, weights = guide
             past = c.obs_horizon - 1  # the chunk's first entries are past steps: unguided

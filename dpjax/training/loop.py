@@ -135,6 +135,10 @@ def _train(config, run_dir, resume, overwrite, progress, stop_at_step, objective
     from tqdm import tqdm
 
     lead = jax.process_index() == 0  # process 0 alone writes the run's files but checkpoints
+    if objective is None and config.policy.gate_modes > 1:
+        raise ConfigError(f"policy.gate_modes={config.policy.gate_modes}: a mode gate trains by "
+                          "distillation only (dpjax distill RUN --method consistency "
+                          "--gate-modes K)")  # fmt: skip
     if jax.process_count() > 1 and config.rollout_every:
         raise ConfigError(
             "rollout_every: in-training rollouts run in one process; set rollout_every=0 "
