@@ -218,14 +218,22 @@ def method_of(config, metadata) -> str:
 
 def method_variant(config, metadata) -> str:
     """What sets a run apart from others of its method, for its curve's label: a consistency
-    student's mode-seeking term and training length, a BC head's hypotheses ("" for none)."""
+    student's mode-seeking term, mode gate, training length and seed (other than 0), a BC
+    head's hypotheses ("" for none)."""
     from dpjax.distill import ModeSeeking
 
     mode_seeking = (metadata.get("distillation") or {}).get("mode_seeking")
-    if mode_seeking:
-        times = mode_seeking["max_time"]
-        window = "" if times == ModeSeeking().max_time else f", t <= {times:g} T"
-        return f" + mode seeking {mode_seeking['weight']:g}{window}, {config.num_steps} steps"
+    gate = config.policy.gate_modes
+    if mode_seeking or gate > 1:
+        label = ""
+        if mode_seeking:
+            times = mode_seeking["max_time"]
+            window = "" if times == ModeSeeking().max_time else f", t <= {times:g} T"
+            label += f" + mode seeking {mode_seeking['weight']:g}{window}"
+        if gate > 1:
+            label += f" + gate {gate}"
+        seed = f", seed {config.seed}" if config.seed else ""
+        return f"{label}, {config.num_steps} steps{seed}"
     k = config.policy.bc_head.num_hypotheses
     return f" ({k} hypotheses)" if config.policy.kind == "bc" and k > 1 else ""
 

@@ -96,7 +96,7 @@ class CodedStudent(nn.Module):
         return nn.Dense(2)(nn.silu(h))
 
 
-def _one_step_student(num_modes: int, mixture, steps: int = 800):
+def _one_step_student(num_modes: int, mixture, steps: int = 400):
     """A consistency student of the exact cup-mixture teacher (DDIM 12) with a mode gate of
     `num_modes` codes (1: none, as `consistency_loss` trains it); (its one-call samples,
     the teacher's) from the same 4000 noises."""
