@@ -29,7 +29,7 @@ import orbax.checkpoint as ocp
 
 from dpjax.errors import CheckpointError, ConfigError, DataError
 
-__all__ = ["Checkpointer", "save_json_atomic", "load_json", "leaf_path"]
+__all__ = ["Checkpointer", "is_prng_key", "save_json_atomic", "load_json", "leaf_path"]
 
 _FORMAT_VERSION = 1
 _STATE, _METADATA, _LAYOUT = "state", "metadata", "layout"
@@ -146,7 +146,8 @@ def _get(nested: dict, path: str):
     return node
 
 
-def _is_key(x) -> bool:
+def is_prng_key(x) -> bool:
+    """Whether `x` (an array, a ShapeDtypeStruct or anything else) is a typed PRNG key array."""
     dtype = getattr(x, "dtype", None)
     return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
 
@@ -254,7 +255,7 @@ class Checkpointer:
         flat, layout_leaves = {}, {}
         for path, leaf in leaves:
             entry: dict[str, Any] = {}
-            if _is_key(leaf):
+            if is_prng_key(leaf):
                 entry["key_impl"] = str(jax.random.key_impl(leaf))
                 entry["key_dtype"] = str(leaf.dtype)
                 leaf = jax.random.key_data(leaf)
@@ -522,7 +523,7 @@ def _target_sharding(leaf):
     sharding = getattr(leaf, "sharding", None)
     if sharding is None:
         return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    if _is_key(leaf) and not isinstance(
+    if is_prng_key(leaf) and not isinstance(
         sharding, jax.sharding.NamedSharding | jax.sharding.SingleDeviceSharding
     ):
         return jax.eval_shape(jax.random.key_data, leaf).sharding or (
@@ -540,7 +541,7 @@ def _check_compatible(path: Path, saved: dict, leaves: list[tuple[str, Any]]) ->
         if entry is None:
             problems.append(f"{p}: expected leaf missing from the checkpoint")
             continue
-        if _is_key(leaf):
+        if is_prng_key(leaf):
             if "key_impl" not in entry:
                 problems.append(
                     f"{p}: saved {entry['dtype']} array vs expected PRNG key {leaf.dtype}"

@@ -30,6 +30,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from dpjax.checkpoint import is_prng_key
 from dpjax.config import OptimConfig
 from dpjax.data.windows import Batch, WindowData, draw_window_rows, sample_windows
 from dpjax.errors import ConfigError
@@ -251,7 +252,7 @@ def state_shardings(tree, mesh: Mesh):
     fsdp_devices = mesh.shape[FSDP_AXIS]
 
     def sharding(x) -> NamedSharding:
-        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        if is_prng_key(x):
             return replicated(mesh)
         return NamedSharding(mesh, fsdp_spec(x.shape, np.dtype(x.dtype).itemsize, fsdp_devices))
 
@@ -262,7 +263,7 @@ def bytes_per_device(tree) -> dict:
     """{device: bytes of `tree`'s arrays held there} (this process's devices)."""
     totals: dict = {}
     for leaf in jax.tree.leaves(tree):
-        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        if is_prng_key(leaf):
             leaf = jax.random.key_data(leaf)
         for shard in leaf.addressable_shards:
             totals[shard.device] = totals.get(shard.device, 0) + shard.data.nbytes
@@ -409,7 +410,7 @@ def put_on_mesh(tree, sharding):
         return jax.device_put(tree, sharding)
 
     def put(x, where):
-        if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+        if is_prng_key(x):
             return jax.random.wrap_key_data(
                 put(jax.random.key_data(x), where), impl=jax.random.key_impl(x)
             )
