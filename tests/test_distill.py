@@ -36,19 +36,19 @@ class Student(nn.Module):
         return nn.Dense(2)(h)
 
 
-def test_consistency_student_draws_the_teachers_modes_in_one_step():
-    """Teacher: the exact denoiser of the cup mixture, sampled with 12 DDIM steps. A student
-    trained by `consistency_regression` on its trajectories draws the teacher's mode
-    frequencies in one call (within 4 points); one DDIM step of the teacher itself puts
-    everything in one mode."""
+def _exact_teacher(mixture):
+    """(schedule, the exact denoiser of `mixture`, its DDIM 12 options)."""
     schedule = schedules.make_schedule("squaredcos_cap_v2", 100)
-    mixture = oracles.cup_mixture()
-    teacher = oracles.oracle_denoiser(mixture, schedule)
     options = samplers.SamplerOptions(sampler="ddim", num_inference_steps=12)
-    student = Student()
-    params = student.init(jax.random.key(0), jnp.zeros((1, 2)), jnp.zeros((1,), jnp.int32))
-    optimizer = optax.adam(optax.cosine_decay_schedule(3e-3, 1500))
-    opt_state = optimizer.init(params)
+    return schedule, oracles.oracle_denoiser(mixture, schedule), options
+
+
+def _fit_to_teacher(loss_fn, params, mixture, steps: int):
+    """Adam (cosine from 3e-3) on `loss_fn(params, x_T, x0, inputs, ts, key)` over `steps`
+    batches of 256 noises x_T (B, 2) and the exact teacher's trajectories from them (end x0,
+    points `inputs` at times `ts`); (the last params, the losses)."""
+    schedule, teacher, options = _exact_teacher(mixture)
+    optimizer = optax.adam(optax.cosine_decay_schedule(3e-3, steps))
 
     @jax.jit
     def step(carry, key):
@@ -56,17 +56,30 @@ def test_consistency_student_draws_the_teachers_modes_in_one_step():
         key_noise, key_pick = jax.random.split(key)
         x_T = jax.random.normal(key_noise, (256, 2))
         x0, inputs, ts = samplers.sample_trajectory(teacher, x_T, schedule, options)
-
-        def loss_fn(p):
-            estimate = lambda x, t: student.apply(p, x, t)
-            return consistency_regression(estimate, x0, inputs, ts, key_pick)[0]
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
+        loss, grads = jax.value_and_grad(loss_fn)(params, x_T, x0, inputs, ts, key_pick)
         updates, opt_state = optimizer.update(grads, opt_state)
         return (optax.apply_updates(params, updates), opt_state), loss
 
-    (params, _), losses = jax.lax.scan(step, (params, opt_state),
-                                       jax.random.split(jax.random.key(1), 1500))  # fmt: skip
+    keys = jax.random.split(jax.random.key(1), steps)
+    (params, _), losses = jax.lax.scan(step, (params, optimizer.init(params)), keys)
+    return params, losses
+
+
+def test_consistency_student_draws_the_teachers_modes_in_one_step():
+    """Teacher: the exact denoiser of the cup mixture, sampled with 12 DDIM steps. A student
+    trained by `consistency_regression` on its trajectories draws the teacher's mode
+    frequencies in one call (within 4 points); one DDIM step of the teacher itself puts
+    everything in one mode."""
+    mixture = oracles.cup_mixture()
+    schedule, teacher, options = _exact_teacher(mixture)
+    student = Student()
+    params = student.init(jax.random.key(0), jnp.zeros((1, 2)), jnp.zeros((1,), jnp.int32))
+
+    def loss_fn(p, x_T, x0, inputs, ts, key):
+        estimate = lambda x, t: student.apply(p, x, t)
+        return consistency_regression(estimate, x0, inputs, ts, key)[0]
+
+    params, losses = _fit_to_teacher(loss_fn, params, mixture, 1500)
     assert float(losses[-100:].mean()) < 0.2 * float(losses[:100].mean())
     x_T = jax.random.normal(jax.random.key(2), (4000, 2))
     reference = samplers.sample_with_options(teacher, x_T, schedule, options)
@@ -100,16 +113,13 @@ def _one_step_student(num_modes: int, mixture, steps: int = 400):
     """A consistency student of the exact cup-mixture teacher (DDIM 12) with a mode gate of
     `num_modes` codes (1: none, as `consistency_loss` trains it); (its one-call samples,
     the teacher's) from the same 4000 noises."""
-    schedule = schedules.make_schedule("squaredcos_cap_v2", 100)
-    teacher = oracles.oracle_denoiser(mixture, schedule)
-    options = samplers.SamplerOptions(sampler="ddim", num_inference_steps=12)
     student, gate = CodedStudent(), NoiseGate(num_modes, 1, 2, code_dim=8)
     zeros = lambda b: jnp.zeros((b, 8))
     params = {
         "student": student.init(jax.random.key(0), jnp.zeros((1, 2)), jnp.zeros((1,)), zeros(1)),
         "gate": gate.init(jax.random.key(3), jnp.zeros((1, 1, 2)), zeros(1)),
     }
-    optimizer = optax.adam(optax.cosine_decay_schedule(3e-3, steps))
+    g = lambda p, method, *args: gate.apply(p["gate"], *args, method=method)
 
     def coded(p, x_T, mode=None):
         """The conditioning (B, 8) of noises x_T (B, 2): zeros plus the picked mode's code."""
@@ -117,34 +127,22 @@ def _one_step_student(num_modes: int, mixture, steps: int = 400):
         if num_modes == 1:
             return cond
         if mode is None:
-            logits = gate.apply(p["gate"], x_T[:, None], cond, method=NoiseGate.logits)
-            mode = jnp.argmax(logits, -1)
-        return gate.apply(p["gate"], cond, mode, method=NoiseGate.condition)
+            mode = jnp.argmax(g(p, NoiseGate.logits, x_T[:, None], cond), -1)
+        return g(p, NoiseGate.condition, cond, mode)
 
-    @jax.jit
-    def step(carry, key):
-        params, opt_state = carry
-        key_noise, key_pick = jax.random.split(key)
-        x_T = jax.random.normal(key_noise, (256, 2))
-        x0, inputs, ts = samplers.sample_trajectory(teacher, x_T, schedule, options)
+    def loss_fn(p, x_T, x0, inputs, ts, key):
+        gate_loss, mode = 0.0, None
+        if num_modes > 1:
+            cond = zeros(x_T.shape[0])
+            mode, gate_loss, _ = gate_fit(g(p, NoiseGate.centroids, cond),
+                                          g(p, NoiseGate.logits, x_T[:, None], cond),
+                                          x0[:, None])  # fmt: skip
+        cond = coded(p, x_T, mode)
+        estimate = lambda x, t: student.apply(p["student"], x, t, cond)
+        return consistency_regression(estimate, x0, inputs, ts, key)[0] + gate_loss
 
-        def loss_fn(p):
-            gate_loss, mode = 0.0, None
-            if num_modes > 1:
-                g = lambda method, *args: gate.apply(p["gate"], *args, method=method)
-                mode, gate_loss, _ = gate_fit(g(NoiseGate.centroids, zeros(256)),
-                                              g(NoiseGate.logits, x_T[:, None], zeros(256)),
-                                              x0[:, None])  # fmt: skip
-            cond = coded(p, x_T, mode)
-            estimate = lambda x, t: student.apply(p["student"], x, t, cond)
-            return consistency_regression(estimate, x0, inputs, ts, key_pick)[0] + gate_loss
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = optimizer.update(grads, opt_state)
-        return (optax.apply_updates(params, updates), opt_state), loss
-
-    keys = jax.random.split(jax.random.key(1), steps)
-    (params, _), _ = jax.lax.scan(step, (params, optimizer.init(params)), keys)
+    params, _ = _fit_to_teacher(loss_fn, params, mixture, steps)
+    schedule, teacher, options = _exact_teacher(mixture)
     x_T = jax.random.normal(jax.random.key(2), (4000, 2))
     one_call = student.apply(params["student"], x_T, jnp.full((4000,), 99), coded(params, x_T))
     return one_call, samplers.sample_with_options(teacher, x_T, schedule, options)
@@ -255,14 +253,10 @@ def test_dpjax_distill_with_a_mode_gate(teacher, tmp_path, capsys):
     assert float(jnp.abs(moved - plain.predict_action_chunk(teacher_params, obs, key,
                                                             options)).max()) > 1e-3  # fmt: skip
 
-    for bad, message in ((["--gate-modes", "0"], "gate_modes must be an integer >= 1"),
-                         (["--method", "bc", "--gate-modes", "2"], "takes none")):  # fmt: skip
-        args = ["distill", str(teacher), "--method", "consistency", "--out",
-                str(tmp_path / "bad"), "--steps", "1", *bad]  # fmt: skip
-        if "bc" in bad:
-            args.remove("consistency"), args.remove("--method")
-        assert cli.main(args) == 2
-        assert message in capsys.readouterr().err
+    _assert_distill_refuses(teacher, tmp_path, capsys, (
+        (["--gate-modes", "0"], "gate_modes must be an integer >= 1"),
+        (["--method", "bc", "--gate-modes", "2"], "takes none"),
+    ))  # fmt: skip
     with pytest.raises(ConfigError, match="distillation only"):
         tiny_run(load_run_config(teacher).dataset, tmp_path / "gated_run", "policy.gate_modes=2")
 
@@ -441,13 +435,20 @@ def test_dpjax_distill_with_mode_seeking(teacher, tmp_path, capsys):
     assert meta["distillation"]["mode_seeking"] == {"weight": 2.0, "max_time": 0.3}
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("mode_seeking" in m and m["mode_seeking"] > 0 for m in metrics), metrics
-    for bad, message in ((["--mode-seeking", "0"], "weight must be > 0"),
-                         (["--mode-seeking", "1", "--mode-seeking-max-time", "2"], "max time"),
-                         (["--mode-seeking-max-time", "0.1"], "pass the weight too"),
-                         (["--method", "bc", "--mode-seeking", "1"], "takes none")):  # fmt: skip
-        args = ["distill", str(teacher), "--method", "consistency", "--out",
-                str(tmp_path / "bad"), "--steps", "1", *bad]  # fmt: skip
-        if "bc" in bad:
-            args.remove("consistency"), args.remove("--method")
+    _assert_distill_refuses(teacher, tmp_path, capsys, (
+        (["--mode-seeking", "0"], "weight must be > 0"),
+        (["--mode-seeking", "1", "--mode-seeking-max-time", "2"], "max time"),
+        (["--mode-seeking-max-time", "0.1"], "pass the weight too"),
+        (["--method", "bc", "--mode-seeking", "1"], "takes none"),
+    ))  # fmt: skip
+
+
+def _assert_distill_refuses(teacher, tmp_path, capsys, cases):
+    """`dpjax distill` (consistency, 1 step, unless the options name another method) exits
+    with 2 and prints the message for each (options, message) case."""
+    for bad, message in cases:
+        args = ["distill", str(teacher), "--out", str(tmp_path / "bad"), "--steps", "1", *bad]
+        if "--method" not in bad:
+            args += ["--method", "consistency"]
         assert cli.main(args) == 2
         assert message in capsys.readouterr().err
