@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     cache = common.CellCache(Path(args.work) / "cells.json")
     timings = common.CellCache(Path(args.work) / "latency.json")
     if args.remeasure_latency:
-        timings.cells.clear()
+        timings.clear()
     s = args.action_horizon
     rows, described = [], []
     for run in args.runs:

@@ -7,6 +7,7 @@ Not an experiment itself (it defines no CONFIG). The scripts import it as `commo
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
@@ -131,15 +132,29 @@ class CellCache:
     def get(self, key: str, compute):
         if key not in self.cells:
             value = _jsonable(compute())
-            import fcntl
-
-            with open(self.path.with_suffix(".lock"), "w") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
+            with self._locked():
                 self.cells = {**self._read(), key: value}
-                tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(self.cells))
-                tmp.replace(self.path)
+                self._write()
         return self.cells[key]
+
+    def clear(self) -> None:
+        """Forgets every cell, in the file too (a rerun that must compute them again)."""
+        with self._locked():
+            self.cells = {}
+            self._write()
+
+    @contextlib.contextmanager
+    def _locked(self):
+        import fcntl
+
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _write(self) -> None:
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.cells))
+        tmp.replace(self.path)
 
     def refresh(self) -> None:
         """Reads the cells other processes have stored since."""

@@ -218,8 +218,8 @@ def method_of(config, metadata) -> str:
 
 def method_variant(config, metadata) -> str:
     """What sets a run apart from others of its method, for its curve's label: a consistency
-    student's mode-seeking term, mode gate, training length and seed (other than 0), a BC
-    head's hypotheses ("" for none)."""
+    student's mode-seeking term, mode gate, training length and seed (other than 0); a BC
+    head's hypotheses, and a BC student's head widths and training length ("" for none)."""
     from dpjax.distill import ModeSeeking
 
     mode_seeking = (metadata.get("distillation") or {}).get("mode_seeking")
@@ -234,8 +234,14 @@ def method_variant(config, metadata) -> str:
             label += f" + gate {gate}"
         seed = f", seed {config.seed}" if config.seed else ""
         return f"{label}, {config.num_steps} steps{seed}"
-    k = config.policy.bc_head.num_hypotheses
-    return f" ({k} hypotheses)" if config.policy.kind == "bc" and k > 1 else ""
+    if config.policy.kind != "bc":
+        return ""
+    head = config.policy.bc_head
+    parts = [f"{head.num_hypotheses} hypotheses"] if head.num_hypotheses > 1 else []
+    if metadata.get("distillation"):  # students differ by their heads and training lengths
+        widths = "-".join(map(str, head.hidden_dims))
+        parts += [f"head {widths}", f"{config.num_steps} steps"]
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def method_cells(method: str, steps, variant: str = "") -> list[tuple[str, str | None, int | None]]:
@@ -356,7 +362,7 @@ def compare_methods(args, argv) -> int:
     cache = common.CellCache(Path(args.work) / "cells.json")
     timings = common.CellCache(Path(args.work) / "latency.json")
     if args.remeasure_latency:
-        timings.cells.clear()
+        timings.clear()
     rows, described = [], []
     for run in args.runs:
         run, _, own = run.partition("@")  # RUN@1,2,10: this run's step counts

@@ -51,3 +51,17 @@ def test_cell_caches_sharing_a_file_keep_each_others_cells(tmp_path):
     assert first.cells == {"a": {"x": 1}, "b": {"x": 2}}
     # A stored cell is not computed again, by either.
     assert common.CellCache(path).get("a", lambda: pytest.fail("recomputed")) == {"x": 1}
+
+
+def test_a_cleared_cell_cache_computes_every_cell_again(tmp_path):
+    """`clear` (steps_vs_latency's --remeasure-latency) forgets the file's cells too: storing
+    the first recomputed cell must not bring the stale others back."""
+    common = load_common()
+    path = tmp_path / "latency.json"
+    cache = common.CellCache(path)
+    for key in "abc":
+        cache.get(key, lambda: "stale")
+    cache.clear()
+    assert [cache.get(key, lambda key=key: f"new {key}") for key in "abc"] == ["new a", "new b",
+                                                                               "new c"]  # fmt: skip
+    assert json.loads(path.read_text()) == {"a": "new a", "b": "new b", "c": "new c"}
