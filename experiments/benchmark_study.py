@@ -720,8 +720,16 @@ def main(argv: list[str] | None = None) -> int:
     log(f"{NAME} ({size_name}): {done} of {len(plan)} cells done, {len(todo)} to run now")
     from dpjax.errors import MissingExtraError
 
+    # The page covers the whole study whatever this process runs (--tasks, --shard, ...), and
+    # names the command that continues it.
+    page_tasks = [t for t in TASKS if t.key in (size.tasks or valid)]
+    page_argv = [] if size_name == "full" else ["--size", size_name]
+
+    def page() -> dict[str, Any]:
+        return build(cache.cells, size_name, size, page_tasks, page_argv, log.elapsed)
+
     def publish() -> list[Path]:
-        data = build(cache.cells, size_name, size, tasks, argv, log.elapsed)
+        data = page()
         written = list(common.write_results(NAME + suffix, markdown(data), data, results))
         if common.have_matplotlib() and data["cells_done"]:
             written.append(plot(data, results / f"{NAME}{suffix}.png"))
@@ -751,7 +759,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         publish()
     written = publish()
-    print("\n" + markdown(build(cache.cells, size_name, size, tasks, argv, log.elapsed)))
+    print("\n" + markdown(page()))
     log("wrote " + ", ".join(map(str, written)))
     return 0
 

@@ -103,6 +103,16 @@ def test_cells_run_once_a_rerun_continues_and_the_verdicts_follow_them(tmp_path,
     assert data["cells_done"] == data["cells_total"] == 24
     assert data["compute_hours"] == pytest.approx(24 * 66 / 3600)
 
+    # A process that runs part of the study (--tasks, --shard) still writes the whole study's
+    # page, with the command that continues it.
+    monkeypatch.setitem(study.SIZES, "tiny", study.dataclasses.replace(
+        study.SIZES["tiny"], tasks=("drawer-open", "cup")))  # fmt: skip
+    study.main([*args, "--tasks", "drawer-open", "--shard", "0/2"])
+    assert ran == []  # drawer-open is done
+    page = (tmp_path / "benchmark_study_tiny.md").read_text()
+    assert "**Progress: 24 of 48 cells finished**" in page
+    assert "`python experiments/benchmark_study.py --size tiny`" in page
+
 
 def test_a_real_tiny_run_trains_evaluates_and_resumes(tmp_path, monkeypatch):
     study = load_study()

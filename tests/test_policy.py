@@ -189,6 +189,42 @@ def test_other_denoisers_train_step(three_modes, denoiser):
     assert actions.shape == (2, 4, 2)
 
 
+@pytest.mark.parametrize("denoiser", ["mlp", "unet1d", "transformer"])
+def test_a_mode_gate_conditions_every_denoiser(three_modes, denoiser):
+    """gate_modes K: every denoiser (vector or token conditioning) samples with the code the
+    gate picks from x_T; different codes give different chunks from the same noise."""
+    from dpjax.policy.policies import PolicyNetwork
+
+    _, normalizer, spec = three_modes
+    nets = {"mlp": C.MLPConfig(hidden_dims=(32, 32)), "unet1d": C.UNet1DConfig(down_dims=(32, 64)),
+            "transformer": C.TransformerConfig(width=32, num_layers=1)}  # fmt: skip
+    config = C.PolicyConfig(**{**SMALL, "denoiser": nets[denoiser], "gate_modes": 3,
+                               "obs_horizon": 2, "pred_horizon": 8, "action_horizon": 4,
+                               "low_dim_features": 16, "prediction_type": "sample",
+                               "sampler": "ddim", "num_inference_steps": 1})  # fmt: skip
+    policy = P.make_policy(config, normalizer, spec)
+    params = policy.init(jax.random.key(0))
+    codes = params["params"]["noise_gate"]["codes"]
+    assert codes.shape[0] == 3 and not np.any(np.asarray(codes))  # zero: a teacher's start
+    params["params"]["noise_gate"]["codes"] = jax.random.normal(jax.random.key(1), codes.shape)
+    obs = {"state": jnp.zeros((4, 2, 3))}
+    cond = policy._encode(params, obs, False)
+    x_T = jax.random.normal(jax.random.key(2), (4, 8, 2))
+    chunks = [policy.denoiser(params, policy.gated(params, x_T, cond, jnp.full((4,), m)))(
+        x_T, jnp.full((4,), 99)) for m in range(3)]  # fmt: skip
+    assert min(float(jnp.abs(a - b).max()) for a, b in
+               [(chunks[0], chunks[1]), (chunks[1], chunks[2])]) > 1e-4  # fmt: skip
+    picked = jnp.argmax(policy.apply(params, x_T, cond, method=PolicyNetwork.mode_logits), -1)
+    np.testing.assert_allclose(
+        policy.denoiser(params, policy.gated(params, x_T, cond))(x_T, jnp.full((4,), 99)),
+        jnp.stack(chunks)[picked, jnp.arange(4)],
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    actions = policy.act(params, obs, jax.random.key(3))
+    assert actions.shape == (4, 4, 2) and np.all(np.isfinite(np.asarray(actions)))
+
+
 def test_bfloat16_compute_trains_and_acts(three_modes):
     episodes, normalizer, spec = three_modes
     config = C.PolicyConfig(**{**SMALL, "dtype": "bfloat16"})
