@@ -15,6 +15,11 @@ def test_wilson_interval_known_values():
     lo, hi = evaluate.wilson_interval(0, 20)
     assert lo == 0.0 and hi == pytest.approx(0.1611, abs=1e-3)
     assert evaluate.wilson_interval(20, 20)[1] == 1.0
+    # The interval holds its own estimate at every count (100/100 rounded to 1 - 1e-16 once).
+    for trials in range(1, 301):
+        for successes in (0, 1, trials // 2, trials - 1, trials):
+            lo, hi = evaluate.wilson_interval(successes, trials)
+            assert 0.0 <= lo <= successes / trials <= hi <= 1.0, (successes, trials)
 
 
 def test_jerk_of_known_trajectories():

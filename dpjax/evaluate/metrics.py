@@ -21,7 +21,9 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
     denom = 1 + z**2 / trials
     center = (p + z**2 / (2 * trials)) / denom
     half = z * math.sqrt(p * (1 - p) / trials + z**2 / (4 * trials**2)) / denom
-    return (max(0.0, center - half), min(1.0, center + half))
+    # In exact arithmetic the bounds reach 0 and 1 at 0% and 100%; rounding can leave
+    # 1 - 1e-16 there, outside the estimate itself.
+    return (min(p, max(0.0, center - half)), max(p, min(1.0, center + half)))
 
 
 def mean_squared_jerk(actions: np.ndarray, lengths: np.ndarray) -> float:
