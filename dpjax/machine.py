@@ -19,17 +19,6 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags ("avx512_bf16", "amx_bf16", ...); empty where unreadable."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
 def package_version(name: str, missing: str | None = None) -> str | None:
     """The installed version of distribution `name`, or `missing` when it is not installed."""
     try:

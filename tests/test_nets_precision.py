@@ -1,6 +1,6 @@
 """PolicyConfig.precision: "bfloat16-matmul" rounds every matmul's operands of the real
 networks to bfloat16 (forward and backward), keeps float32 everywhere else, stays close to
-float32, and "auto" picks by backend."""
+float32, and "auto" picks by backend (on a CPU by measuring both), recorded in the run."""
 
 import dataclasses
 import re
@@ -77,6 +77,27 @@ def test_bfloat16_matmul_loss_and_gradients_stay_close_to_float32(denoiser, batc
     assert set(matmul_operand_dtypes(hlo32)) == {"f32"}
 
 
+@pytest.mark.parametrize("dims, shapes", [
+    ((((2,), (0,)), ((), ())), ((3, 5, 8), (8, 4))),  # a Dense on a sequence
+    ((((0, 1), (0, 1)), ((), ())), ((3, 5, 8), (3, 5, 4))),  # ... and its weight gradient
+    ((((2, 3), (2, 3)), ((0,), (0,))), ((2, 3, 4, 5), (2, 6, 4, 5))),  # batch + 2 contracted
+    ((((2,), (3,)), ((0, 1), (0, 2))), ((4, 2, 6, 8), (4, 3, 2, 6))),  # attention's gradients
+])  # fmt: skip
+def test_bfloat16_matmul_differentiates_products_xla_cpu_lacks(dims, shapes):
+    # XLA:CPU has no bf16 x bf16 -> f32 dot over several contracted or non-leading batch
+    # axes; with_precision merges them and must compute the same product and gradients
+    keys = jax.random.split(jax.random.key(0), len(shapes))
+    a, b = (jax.random.normal(k, s) for k, s in zip(keys, shapes, strict=True))
+    loss = lambda fn: lambda a, b: jnp.sum(jnp.sin(fn(a, b)))
+    product = lambda a, b: jax.lax.dot_general(a, b, dims)
+    exact = jax.jit(jax.value_and_grad(loss(product), argnums=(0, 1)))(a, b)
+    rounded = jax.jit(jax.value_and_grad(loss(with_precision(product, "bfloat16-matmul")),
+                                         argnums=(0, 1)))(a, b)  # fmt: skip
+    for x, y in zip(jax.tree.leaves(exact), jax.tree.leaves(rounded), strict=True):
+        assert x.shape == y.shape and y.dtype == jnp.float32
+        assert 0 < float(jnp.abs(x - y).max()) < 0.03 * float(jnp.abs(x).max()) + 0.03
+
+
 def test_bfloat16_matmul_samples_like_float32():
     exact, rounded = policy_for("mlp", "float32"), policy_for("mlp", "bfloat16-matmul")
     params = exact.init(jax.random.key(1))
@@ -88,9 +109,12 @@ def test_bfloat16_matmul_samples_like_float32():
 
 def test_auto_picks_by_backend_and_bad_names_are_errors(monkeypatch):
     assert resolve_precision("auto", "tpu") == resolve_precision("auto", "gpu") == "bfloat16-matmul"
-    monkeypatch.setattr("dpjax.machine.cpu_flags", lambda: frozenset({"avx512f", "amx_bf16"}))
+    # on a CPU the measured speed-up decides, with a margin against noise
+    monkeypatch.setattr(precision_lib, "cpu_bfloat16_speedup", lambda: 2.2)
     assert resolve_precision("auto", "cpu") == "bfloat16-matmul"
-    monkeypatch.setattr("dpjax.machine.cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    monkeypatch.setattr(precision_lib, "cpu_bfloat16_speedup", lambda: 1.1)
+    assert resolve_precision("auto", "cpu") == "float32"
+    monkeypatch.setattr(precision_lib, "cpu_bfloat16_speedup", lambda: 0.7)
     assert resolve_precision("auto", "cpu") == "float32"
     assert resolve_precision("float32", "tpu") == "float32"
     with pytest.raises(UnknownNameError, match="precision"):
@@ -103,6 +127,38 @@ def test_auto_picks_by_backend_and_bad_names_are_errors(monkeypatch):
     fn = lambda x: x
     assert with_precision(fn, "float32") is fn
     assert precision_lib.PRECISIONS == ("float32", "bfloat16-matmul", "auto")
+
+
+def test_the_cpu_measurement_times_both_forms_once_per_process(monkeypatch):
+    precision_lib.cpu_bfloat16_speedup.cache_clear()
+    calls = []
+    real = precision_lib.with_precision
+    monkeypatch.setattr(precision_lib, "with_precision",
+                        lambda fn, p: calls.append(p) or real(fn, p))  # fmt: skip
+    speedup = precision_lib.cpu_bfloat16_speedup()
+    assert np.isfinite(speedup) and 0.05 < speedup < 50
+    assert calls == ["bfloat16-matmul"]  # the bfloat16 form is the one with_precision runs
+    assert precision_lib.cpu_bfloat16_speedup() == speedup and calls == ["bfloat16-matmul"]
+
+
+@pytest.mark.parametrize("speedup, expected", [(2.2, "bfloat16-matmul"), (0.7, "float32")])
+def test_auto_is_resolved_once_and_recorded_in_the_run(tmp_path, monkeypatch, speedup, expected):
+    from dpjax.data import write_dataset
+    from dpjax.policy import load_policy
+    from dpjax.training.loop import train
+
+    monkeypatch.setattr(precision_lib, "cpu_bfloat16_speedup", lambda: speedup)
+    write_dataset(three_mode_episodes(12, seed=1), tmp_path / "data", name="three_modes")
+    policy = config_lib.PolicyConfig(action_dim=2, obs_horizon=2, pred_horizon=4,
+                                     action_horizon=2, denoiser=DENOISERS["mlp"],
+                                     precision="auto", num_inference_steps=2)  # fmt: skip
+    config = config_lib.TrainConfig(dataset=str(tmp_path / "data"), policy=policy, batch_size=8,
+                                    num_steps=2, val_fraction=0.0)  # fmt: skip
+    train(config, tmp_path / "run", progress=False)
+    # a resume or an evaluation on another machine computes what was trained
+    monkeypatch.setattr(precision_lib, "cpu_bfloat16_speedup", lambda: 1 / speedup)
+    loaded, _, _ = load_policy(tmp_path / "run")
+    assert loaded.config.precision == expected
 
 
 def test_a_run_trains_and_reloads_with_bfloat16_matmul(tmp_path):

@@ -35,6 +35,7 @@ from dpjax.data import collection_task, load_dataset, make_window_data
 from dpjax.data.loaders import StreamedBatches, WindowReader
 from dpjax.errors import ConfigError, DpjaxError
 from dpjax.evaluate.rollouts import evaluate_on_task
+from dpjax.nets.precision import agreed_precision
 from dpjax.policy.loading import (
     CONFIG_FILENAME,
     abstract_train_state,
@@ -135,6 +136,9 @@ def _train(config, run_dir, resume, overwrite, progress, stop_at_step, objective
     from tqdm import tqdm
 
     lead = jax.process_index() == 0  # process 0 alone writes the run's files but checkpoints
+    if config.policy.precision == "auto":  # measured once, recorded in config.json, agreed
+        config = dataclasses.replace(config, policy=dataclasses.replace(
+            config.policy, precision=agreed_precision("auto")))  # fmt: skip
     if objective is None and config.policy.gate_modes > 1:
         raise ConfigError(f"policy.gate_modes={config.policy.gate_modes}: a mode gate trains by "
                           "distillation only (dpjax distill RUN --method consistency "
